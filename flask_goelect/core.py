@@ -1,0 +1,650 @@
+"""The election core: Raft's leader election as a pure, deterministic state machine.
+
+Nothing here does I/O, starts threads, reads a clock or uses global randomness.
+The caller (the runner in production, the simulator in tests) passes in the time
+(``now``, seconds on the node's monotonic clock) and a seeded ``random.Random``,
+feeds the node messages from peers and timer ticks, and carries out what each
+call returns in an :class:`Output`:
+
+1. if ``output.persist`` is set, write it to stable storage *first*;
+2. then send ``output.messages`` (requests to peers) and ``output.reply`` (the
+   answer to the request that was stepped);
+3. ``output.transitions`` say how the role or the known leader changed.
+
+The rules, and where they come from (Raft paper §5, Ongaro's thesis §§3, 6, 9):
+
+* Terms only grow; a message with a higher term makes the receiver a follower
+  of that term (§5.1). The comparison happens once, at the top of :meth:`Node.step`.
+* One vote per term, recorded in ``voted_for`` and persisted before the reply
+  leaves (§5.2). A candidate asks only in the term it started itself.
+* The election timeout is drawn from ``[T, 2T)`` every time it is reset (§5.2).
+* Pre-vote (thesis §9.6): a node whose timer fires asks "would you vote for me
+  in term+1?" without anyone changing term, and campaigns only with a majority.
+* Leader stickiness (thesis §4.2.3, §6.4): a node that heard from a live leader
+  less than ``T`` ago refuses votes and pre-votes and does not let them raise its
+  term. A restarted node keeps that promise: it grants nothing until ``T`` after
+  it starts (unless it has never taken part in any term).
+* Check quorum (thesis §6.2): a leader that has no heartbeat reply from a
+  majority (itself included) within ``T`` steps down.
+* Leader lease (thesis §6.4.1): the leader holds a lease until the *send* time of
+  the newest heartbeat round acknowledged by a majority plus ``T × (1 − drift)``.
+  Each voter that acknowledged promised (by stickiness) not to vote for anyone
+  until ``T`` after it *received* that round, so no two nodes hold valid leases
+  at the same instant while clock rates differ by at most ``drift``.
+* Leadership transfer (thesis §3.10): the leader drops its lease, steps down and
+  tells one voter ``TimeoutNow``; that voter campaigns at once, skipping the
+  pre-vote, and voters grant it despite stickiness.
+* No-vote nodes (observers) follow the leader, never vote, never campaign and
+  never count in a quorum. The quorum is ``voters // 2 + 1`` over the configured
+  voters, this node included when it is a voter.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .messages import (
+    Heartbeat,
+    HeartbeatReply,
+    MessageError,
+    Reply,
+    Request,
+    TimeoutNow,
+    TimeoutNowReply,
+    VoteReply,
+    VoteRequest,
+    validate_node_id,
+    validate_tags,
+)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "HardState",
+    "LeaderInfo",
+    "Node",
+    "NotLeaderError",
+    "Output",
+    "Peer",
+    "Role",
+    "Transition",
+    "TransferError",
+]
+
+
+class ConfigError(ValueError):
+    """The election configuration is invalid; the text says what to change."""
+
+
+class NotLeaderError(RuntimeError):
+    """An operation that needs the leader was asked of a node that is not the leader."""
+
+
+class TransferError(RuntimeError):
+    """A leadership transfer cannot be started (no eligible target)."""
+
+
+class Role(str, enum.Enum):
+    """What a node currently is in the election."""
+
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+    OBSERVER = "observer"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class HardState:
+    """The state that must survive a restart: the current term and the vote in it."""
+
+    term: int = 0
+    voted_for: str | None = None
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A member of the cluster: its id, base URL, whether it votes, and its tags."""
+
+    id: str
+    address: str = ""
+    novote: bool = False
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    """Who leads, as this node knows it."""
+
+    id: str
+    address: str
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Config:
+    """The election settings of one node.
+
+    ``elect_timeout`` (T) and ``heartbeat_interval`` are in seconds. ``max_drift``
+    bounds how much faster one node's clock may run than another's (0.01 = 1 %);
+    the lease is shortened by that fraction. ``peers`` lists the cluster; this
+    node is added (as described by ``address``, ``novote`` and ``tags``) when it
+    is not listed.
+    """
+
+    node_id: str
+    peers: tuple[Peer, ...] = ()
+    address: str = ""
+    novote: bool = False
+    tags: Mapping[str, str] = field(default_factory=dict)
+    elect_timeout: float = 1.0
+    heartbeat_interval: float = 0.1
+    max_drift: float = 0.01
+    pre_vote: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            validate_node_id(self.node_id, "node id")
+            validate_tags(self.tags)
+        except MessageError as exc:
+            raise ConfigError(str(exc)) from None
+        if not (isinstance(self.elect_timeout, (int, float)) and self.elect_timeout > 0):
+            raise ConfigError(
+                f"elect_timeout must be a positive number, not {self.elect_timeout!r}"
+            )
+        if not (isinstance(self.heartbeat_interval, (int, float)) and self.heartbeat_interval > 0):
+            raise ConfigError(
+                f"heartbeat_interval must be a positive number, not {self.heartbeat_interval!r}"
+            )
+        if self.heartbeat_interval * 2 > self.elect_timeout:
+            raise ConfigError(
+                f"heartbeat_interval ({self.heartbeat_interval:g}s) must be at most half of"
+                f" elect_timeout ({self.elect_timeout:g}s), or a single lost heartbeat starts"
+                " an election; a tenth is a good choice"
+            )
+        if not 0 <= self.max_drift < 0.5:
+            raise ConfigError(f"max_drift must be in [0, 0.5), not {self.max_drift!r}")
+        peers: dict[str, Peer] = {}
+        for peer in self.peers:
+            try:
+                validate_node_id(peer.id, "peer id")
+                validate_tags(peer.tags, f"tags of peer {peer.id!r}")
+            except MessageError as exc:
+                raise ConfigError(str(exc)) from None
+            if peer.id in peers:
+                raise ConfigError(f"peer {peer.id!r} is listed twice; list each node once")
+            peers[peer.id] = peer
+        me = peers.get(self.node_id)
+        if me is None:
+            peers[self.node_id] = Peer(self.node_id, self.address, self.novote, dict(self.tags))
+        else:
+            if self.address and me.address and self.address != me.address:
+                raise ConfigError(
+                    f"node {self.node_id!r} is given two addresses, {self.address!r} and"
+                    f" {me.address!r}; use the same address in both places"
+                )
+            if me.novote != self.novote:
+                raise ConfigError(
+                    f"node {self.node_id!r} is novote={self.novote} but listed in the peers"
+                    f" with novote={me.novote}; make them agree"
+                )
+            peers[self.node_id] = Peer(
+                self.node_id, self.address or me.address, self.novote, dict(self.tags or me.tags)
+            )
+        object.__setattr__(self, "peers", tuple(peers.values()))
+        voters = frozenset(p.id for p in self.peers if not p.novote)
+        if not voters:
+            raise ConfigError("the cluster has no voters; at least one node must vote")
+        object.__setattr__(self, "_voters", voters)
+
+    @property
+    def voters(self) -> frozenset[str]:
+        """The ids of the nodes that vote, this one included if it votes."""
+        voters: frozenset[str] = getattr(self, "_voters")  # noqa: B009 - set in __post_init__
+        return voters
+
+    @property
+    def observers(self) -> frozenset[str]:
+        """The ids of the no-vote nodes."""
+        return frozenset(p.id for p in self.peers if p.novote)
+
+    @property
+    def quorum(self) -> int:
+        """The number of voters that make a majority: ``voters // 2 + 1``."""
+        return len(self.voters) // 2 + 1
+
+    def peer(self, node_id: str) -> Peer | None:
+        """The member with this id, or None."""
+        for p in self.peers:
+            if p.id == node_id:
+                return p
+        return None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A change of role or of the known leader, at time ``at`` (the node's clock)."""
+
+    previous_role: Role
+    role: Role
+    previous_leader_id: str | None
+    leader_id: str | None
+    term: int
+    at: float
+    reason: str
+
+
+@dataclass
+class Output:
+    """What the caller must do after a call into the core, in this order.
+
+    ``persist`` (if not None) must reach stable storage before any message or
+    the reply is sent; ``messages`` are requests to send, as ``(peer_id, msg)``;
+    ``reply`` answers the request that was stepped; ``transitions`` report
+    changes of role or leader.
+    """
+
+    persist: HardState | None = None
+    messages: list[tuple[str, Request]] = field(default_factory=list)
+    reply: Reply | None = None
+    transitions: list[Transition] = field(default_factory=list)
+
+
+class Node:
+    """One node's view of the election.
+
+    Create it with the configuration, the state loaded from storage, the current
+    time and a seeded random generator; then call :meth:`step` for every message
+    from a peer and :meth:`tick` whenever the time reaches :meth:`next_deadline`.
+    """
+
+    def __init__(self, config: Config, state: HardState, *, now: float, rng: random.Random) -> None:
+        self.config = config
+        self.id = config.node_id
+        self._rng = rng
+        self._T = float(config.elect_timeout)
+        self._voter = self.id in config.voters
+        self._others = tuple(p.id for p in config.peers if p.id != self.id)
+        self._other_voters = tuple(v for v in self._others if v in config.voters)
+        me = config.peer(self.id)
+        assert me is not None
+        self._me = me
+        self.term = state.term
+        self.voted_for = state.voted_for
+        self.role = Role.FOLLOWER if self._voter else Role.OBSERVER
+        self.leader_id: str | None = None
+        self._leader_address = ""
+        self._leader_tags: Mapping[str, str] = {}
+        # Stickiness, and the follower's half of the leader lease: having accepted
+        # a heartbeat at time r, this node grants no vote or pre-vote to anyone
+        # before r + T, whatever terms it sees meanwhile (forgetting the promise on
+        # a term change would let a majority elect a new leader inside the old
+        # leader's lease). A restarted node cannot know when it last promised, so
+        # it keeps the promise for T from its start; a node that never took part
+        # in a term (term 0 on disk) has made no promise.
+        self._promise_until = now + self._T if state.term > 0 else now
+        self._election_deadline = 0.0
+        self._reset_election_timer(now)
+        # Campaign state.
+        self._votes: dict[str, bool] = {}
+        self._transfer_campaign = False
+        # Leader state.
+        self._seq = 0
+        self._round_sent: dict[int, float] = {}
+        self._acked_seq: dict[str, int] = {}
+        self._last_ack: dict[str, float] = {}
+        self._heartbeat_due = math.inf
+        self._leader_since = 0.0
+        self.lease_until = 0.0
+        #: Last time this node heard from each peer (leader: replies; others: requests).
+        self.last_contact: dict[str, float] = {}
+        self._out = Output()
+        self._now = now
+
+    # -- queries ---------------------------------------------------------------
+
+    def is_leader(self, now: float) -> bool:
+        """True only while this node leads and holds a valid lease at ``now``."""
+        return self.role is Role.LEADER and now < self.lease_until
+
+    @property
+    def leader(self) -> LeaderInfo | None:
+        """The leader this node knows of (itself when it leads), or None."""
+        if self.leader_id is None:
+            return None
+        return LeaderInfo(self.leader_id, self._leader_address, self._leader_tags)
+
+    @property
+    def hard_state(self) -> HardState:
+        """The state that must be persisted."""
+        return HardState(self.term, self.voted_for)
+
+    def next_deadline(self) -> float:
+        """The time at which :meth:`tick` must next be called (``inf``: never)."""
+        if self.role is Role.LEADER:
+            return self._heartbeat_due
+        if self.role is Role.OBSERVER:
+            return math.inf
+        return self._election_deadline
+
+    # -- inputs ----------------------------------------------------------------
+
+    def tick(self, now: float) -> Output:
+        """Advance to ``now``: fire the election timer or send heartbeats as due."""
+        self._begin(now)
+        if self.role is Role.LEADER:
+            if not self._has_quorum_contact(now):
+                self._become_follower(self.term, None, "lost contact with a majority")
+            elif now >= self._heartbeat_due:
+                self._broadcast_heartbeat()
+        elif self.role is not Role.OBSERVER and now >= self._election_deadline:
+            self._campaign(transfer=False)
+        return self._end()
+
+    def step(self, msg: Request | Reply, now: float) -> Output:
+        """Handle one message from a peer; a request's answer is in ``output.reply``."""
+        self._begin(now)
+        if msg.sender == self.id or self.config.peer(msg.sender) is None:
+            # Not a member (or ourselves): answer requests without touching any state.
+            if isinstance(msg, (VoteRequest, Heartbeat, TimeoutNow)):
+                self._reject(msg, "sender is not a member of this cluster")
+            return self._end()
+        self.last_contact[msg.sender] = now
+        if msg.term > self.term:
+            if isinstance(msg, VoteRequest) and not msg.transfer and self._in_lease(now):
+                # Thesis §4.2.3: a node that hears from a live leader ignores a
+                # disruptive candidate entirely, without adopting its term.
+                self._reject(msg, "a live leader is known")
+                return self._end()
+            if isinstance(msg, VoteRequest) and msg.pre_vote:
+                pass  # a pre-vote never changes the receiver's term (thesis §9.6)
+            elif isinstance(msg, VoteReply) and msg.pre_vote and msg.granted:
+                pass  # a granted pre-vote carries the term we would campaign in
+            else:
+                leader = msg.sender if isinstance(msg, Heartbeat) else None
+                self._become_follower(msg.term, leader, f"saw term {msg.term} from {msg.sender}")
+        elif msg.term < self.term:
+            if isinstance(msg, (VoteRequest, Heartbeat, TimeoutNow)):
+                self._reject(msg, f"stale term {msg.term} < {self.term}")
+            # A stale reply answers a question from a term that is over: drop it.
+            return self._end()
+        if isinstance(msg, VoteRequest):
+            self._on_vote_request(msg)
+        elif isinstance(msg, Heartbeat):
+            self._on_heartbeat(msg)
+        elif isinstance(msg, TimeoutNow):
+            self._on_timeout_now(msg)
+        elif isinstance(msg, VoteReply):
+            self._on_vote_reply(msg)
+        elif isinstance(msg, HeartbeatReply):
+            self._on_heartbeat_reply(msg)
+        # TimeoutNowReply: informational only.
+        return self._end()
+
+    def transfer_leadership(self, now: float, to: str | None = None) -> Output:
+        """Hand leadership over to ``to`` (or the most responsive voter).
+
+        The lease is dropped and this node steps down *before* ``TimeoutNow`` is
+        sent, so it never acts as leader again in this term (a delayed or
+        duplicated ``TimeoutNow`` cannot then give two nodes a lease).
+
+        :raises NotLeaderError: this node is not the leader.
+        :raises TransferError: ``to`` is not another voter, or there is none.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(f"node {self.id!r} is not the leader (it is {self.role})")
+        if to is not None:
+            if to == self.id or to not in self.config.voters:
+                raise TransferError(f"cannot transfer leadership to {to!r}: not another voter")
+            target = to
+        else:
+            if not self._other_voters:
+                raise TransferError("no other voter to transfer leadership to")
+            target = max(self._other_voters, key=lambda v: self._last_ack.get(v, -math.inf))
+        self._begin(now)
+        self.lease_until = 0.0
+        self._become_follower(self.term, None, f"transferring leadership to {target}")
+        self._send(target, TimeoutNow(self.id, self.term))
+        return self._end()
+
+    # -- handlers --------------------------------------------------------------
+
+    def _on_vote_request(self, msg: VoteRequest) -> None:
+        now = self._now
+        if not self._voter:
+            self._reject(msg, "this node does not vote")
+            return
+        if msg.sender not in self.config.voters:
+            self._reject(msg, "the candidate is not a voter")
+            return
+        if msg.pre_vote:
+            # Would we vote for it in msg.term? Only a later term, and only if no
+            # live leader is known (already checked above for msg.term > term).
+            if msg.term > self.term:
+                self._grant(msg, msg.term)
+            else:
+                self._reject(msg, f"pre-vote term {msg.term} is not after {self.term}")
+            return
+        # A real vote: msg.term == self.term here (a higher term made us follow it).
+        if not msg.transfer and self._in_lease(now):
+            self._reject(msg, "a live leader is known")
+            return
+        if self._can_grant(msg.sender):
+            self.voted_for = msg.sender
+            self._reset_election_timer(now)
+            self._grant(msg, self.term)
+        else:
+            self._reject(msg, f"already voted for {self.voted_for} or follows {self.leader_id}")
+
+    def _can_grant(self, candidate: str) -> bool:
+        """One vote per term (Raft §5.2): only if we have not voted, or voted for it."""
+        if self.voted_for == candidate:
+            return True
+        return self.voted_for is None and self.leader_id is None
+
+    def _on_heartbeat(self, msg: Heartbeat) -> None:
+        now = self._now
+        if self.role is Role.LEADER:
+            # Two leaders in one term cannot happen; refuse rather than follow.
+            self._reply(HeartbeatReply(self.id, self.term, msg.seq, False))
+            return
+        if self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+            self._become_follower(self.term, msg.sender, f"heard from leader {msg.sender}")
+        elif self.leader_id != msg.sender:
+            self._set_leader(msg.sender, f"heard from leader {msg.sender}")
+        self._leader_address = msg.address
+        self._leader_tags = msg.tags
+        self._promise_until = max(self._promise_until, now + self._T)
+        self._reset_election_timer(now)
+        self._reply(HeartbeatReply(self.id, self.term, msg.seq, True))
+
+    def _on_timeout_now(self, msg: TimeoutNow) -> None:
+        accept = self._voter and self.role is Role.FOLLOWER and msg.sender == self.leader_id
+        self._reply(TimeoutNowReply(self.id, self.term, accept))
+        if accept:
+            self._campaign(transfer=True)
+
+    def _on_vote_reply(self, msg: VoteReply) -> None:
+        if msg.pre_vote:
+            if self.role is not Role.PRE_CANDIDATE or msg.term != self.term + 1:
+                return
+        elif self.role is not Role.CANDIDATE or msg.term != self.term:
+            return
+        if msg.sender not in self.config.voters:
+            return
+        self._votes[msg.sender] = msg.granted
+        granted = sum(1 for v in self._votes.values() if v)
+        refused = len(self._votes) - granted
+        if granted >= self.config.quorum:
+            if self.role is Role.PRE_CANDIDATE:
+                self._become_candidate(transfer=False)
+            else:
+                self._become_leader()
+        elif refused >= self.config.quorum:
+            self._become_follower(self.term, None, "lost the election")
+
+    def _on_heartbeat_reply(self, msg: HeartbeatReply) -> None:
+        if self.role is not Role.LEADER or not msg.success:
+            return
+        self._last_ack[msg.sender] = self._now
+        if msg.sender in self.config.voters and msg.seq > self._acked_seq.get(msg.sender, 0):
+            self._acked_seq[msg.sender] = msg.seq
+            self._update_lease()
+
+    # -- leader ----------------------------------------------------------------
+
+    def _broadcast_heartbeat(self) -> None:
+        now = self._now
+        self._seq += 1
+        self._round_sent[self._seq] = now
+        # Rounds sent more than T ago can no longer extend the lease.
+        for seq in [s for s, sent in self._round_sent.items() if sent < now - self._T]:
+            del self._round_sent[seq]
+        hb = Heartbeat(self.id, self.term, self._seq, self._me.address, self._me.tags)
+        for peer in self._others:
+            self._send(peer, hb)
+        self._heartbeat_due = now + self.config.heartbeat_interval
+        self._update_lease()
+
+    def _update_lease(self) -> None:
+        # The newest round acknowledged by a majority (this node acks every round).
+        acks = sorted(
+            [self._seq] + [self._acked_seq.get(v, 0) for v in self._other_voters], reverse=True
+        )
+        seq = acks[self.config.quorum - 1]
+        sent = self._round_sent.get(seq)
+        if sent is not None:
+            until = self._lease_base(seq, sent) + self._T * (1.0 - self.config.max_drift)
+            if until > self.lease_until:
+                self.lease_until = until
+
+    def _lease_base(self, seq: int, sent: float) -> float:
+        """The time the lease of round ``seq`` counts from: its *send* time."""
+        return sent
+
+    def _has_quorum_contact(self, now: float) -> bool:
+        """Check quorum (thesis §6.2): replies from a majority within the last T."""
+        if now - self._leader_since < self._T:
+            return True
+        since = now - self._T
+        recent = 1 + sum(1 for v in self._other_voters if self._last_ack.get(v, -math.inf) >= since)
+        return recent >= self.config.quorum
+
+    # -- campaigns -------------------------------------------------------------
+
+    def _in_lease(self, now: float) -> bool:
+        """Leader stickiness: is a live leader known (so votes must be refused)?"""
+        return self.role is Role.LEADER or now < self._promise_until
+
+    def _campaign(self, *, transfer: bool) -> None:
+        if not self._voter:
+            return
+        if self.config.pre_vote and not transfer:
+            self._become_pre_candidate()
+        else:
+            self._become_candidate(transfer=transfer)
+
+    def _become_pre_candidate(self) -> None:
+        self._change_role(Role.PRE_CANDIDATE, None, "election timeout: asking for pre-votes")
+        self._reset_election_timer(self._now)
+        self._votes = {self.id: True}
+        req = VoteRequest(self.id, self.term + 1, pre_vote=True)
+        for peer in self._other_voters:
+            self._send(peer, req)
+        if self.config.quorum == 1:
+            self._become_candidate(transfer=False)
+
+    def _become_candidate(self, *, transfer: bool) -> None:
+        self.term += 1
+        self.voted_for = self.id
+        reason = "leadership transfer: campaigning at once" if transfer else "campaigning"
+        self._change_role(Role.CANDIDATE, None, reason)
+        self._reset_election_timer(self._now)
+        self._votes = {self.id: True}
+        self._transfer_campaign = transfer
+        req = VoteRequest(self.id, self.term, transfer=transfer)
+        for peer in self._other_voters:
+            self._send(peer, req)
+        if self.config.quorum == 1:
+            self._become_leader()
+
+    def _become_leader(self) -> None:
+        self._change_role(Role.LEADER, self.id, f"won the election for term {self.term}")
+        self._leader_address = self._me.address
+        self._leader_tags = self._me.tags
+        self._leader_since = self._now
+        self._acked_seq = {}
+        self._last_ack = {}
+        self._round_sent = {}
+        self.lease_until = 0.0
+        self._broadcast_heartbeat()
+
+    def _become_follower(self, term: int, leader: str | None, reason: str) -> None:
+        if term > self.term:
+            self.term = term
+            self.voted_for = None
+        if self.role is Role.LEADER:
+            self.lease_until = 0.0
+            self._heartbeat_due = math.inf
+        role = Role.FOLLOWER if self._voter else Role.OBSERVER
+        self._change_role(role, leader, reason)
+        self._reset_election_timer(self._now)
+
+    def _set_leader(self, leader: str | None, reason: str) -> None:
+        self._change_role(self.role, leader, reason)
+
+    def _change_role(self, role: Role, leader: str | None, reason: str) -> None:
+        previous_role, previous_leader = self.role, self.leader_id
+        self.role = role
+        self.leader_id = leader
+        if leader is None:
+            self._leader_address = ""
+            self._leader_tags = {}
+        if previous_role is not role or previous_leader != leader:
+            self._out.transitions.append(
+                Transition(
+                    previous_role, role, previous_leader, leader, self.term, self._now, reason
+                )
+            )
+
+    def _reset_election_timer(self, now: float) -> None:
+        # Randomized in [T, 2T), drawn anew every time (Raft §5.2).
+        self._election_deadline = now + self._T * (1.0 + self._rng.random())
+
+    # -- output ----------------------------------------------------------------
+
+    def _begin(self, now: float) -> None:
+        self._now = now
+        self._out = Output()
+        self._saved = (self.term, self.voted_for)
+
+    def _end(self) -> Output:
+        out = self._out
+        if (self.term, self.voted_for) != self._saved:
+            out.persist = self.hard_state
+        self._out = Output()
+        return out
+
+    def _send(self, to: str, msg: Request) -> None:
+        self._out.messages.append((to, msg))
+
+    def _reply(self, reply: Reply) -> None:
+        self._out.reply = reply
+
+    def _grant(self, msg: VoteRequest, term: int) -> None:
+        self._reply(VoteReply(self.id, term, True, msg.pre_vote))
+
+    def _reject(self, msg: Request, reason: str) -> None:
+        if isinstance(msg, VoteRequest):
+            self._reply(VoteReply(self.id, self.term, False, msg.pre_vote, reason[:256]))
+        elif isinstance(msg, Heartbeat):
+            self._reply(HeartbeatReply(self.id, self.term, msg.seq, False))
+        else:
+            self._reply(TimeoutNowReply(self.id, self.term, False))
