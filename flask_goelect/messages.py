@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 __all__ = [
     "MAX_ADDRESS_LENGTH",
     "MAX_ID_LENGTH",
+    "MAX_REASON_LENGTH",
     "MAX_SEQ",
     "MAX_TAGS",
     "MAX_TAG_KEY_LENGTH",
@@ -132,7 +133,7 @@ class Heartbeat:
     term: int
     seq: int
     address: str = ""
-    tags: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +197,13 @@ def _check_int(name: str, value: object, maximum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise MessageError(f"field {name!r} must be an integer, not {type(value).__name__}")
     if not 0 <= value <= maximum:
-        raise MessageError(f"field {name!r} is {value}; it must be between 0 and {maximum}")
+        # Never format a huge int: str() of one over 4300 digits raises ValueError.
+        shown = (
+            str(value)
+            if -(10**20) < value < 10**20
+            else ("a huge negative number" if value < 0 else "a huge number")
+        )
+        raise MessageError(f"field {name!r} is {shown}; it must be between 0 and {maximum}")
     return value
 
 
@@ -244,7 +251,7 @@ def from_wire(cls: type[M], data: object) -> M:
     if not isinstance(data, Mapping):
         raise MessageError(f"{cls.__name__} must be a JSON object, not {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in data if k not in fields)
+    unknown = sorted(repr(k)[:40] for k in data if k not in fields)
     if unknown:
         raise MessageError(f"{cls.__name__} has unknown field(s): {', '.join(unknown[:5])}")
     kwargs: dict[str, Any] = {}
