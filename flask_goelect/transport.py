@@ -1,0 +1,425 @@
+"""How a node reaches its peers: one request, one reply, with a deadline on every call.
+
+:class:`Transport` is what the runner needs: :meth:`~Transport.send` delivers a
+request to a peer and returns the peer's reply, :meth:`~Transport.get_status`
+reads a peer's view of the cluster, :meth:`~Transport.close` releases
+everything. Every failure (peer down, timeout, HTTP error, a reply that does not
+parse or that claims to come from another node) is one exception type,
+:class:`TransportError`, whose text names the peer and the problem.
+
+:class:`HttpTransport` speaks the wire contract of DESIGN.md over HTTP with
+``requests``: ``POST {address}{prefix}/rpc/{vote|heartbeat|timeout-now}`` with the
+JSON of the message, JSON reply. There are no retries: the election timer is the
+retry, and a retried heartbeat arrives too late to be worth anything.
+
+:class:`MemoryTransport` delivers in-process to registered handlers, for tests:
+it can cut links (both ways or one way), black-hole a node (calls hang until
+their deadline, then fail) and delay every delivery.
+
+This module does blocking I/O and knows nothing about gevent: the runner
+decides where a call runs (a greenlet in a monkey-patched process, a native
+thread otherwise) so that one slow peer never delays the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import weakref
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from . import core, messages
+from .messages import Reply, Request
+
+__all__ = [
+    "RPC_KINDS",
+    "HttpTransport",
+    "MemoryTransport",
+    "Transport",
+    "TransportError",
+]
+
+#: The route name of each request type (``POST {prefix}/rpc/{kind}``).
+RPC_KINDS: dict[type[Request], str] = {cls: kind for kind, cls in messages.REQUEST_TYPES.items()}
+
+#: A ``(connect, read)`` deadline in seconds, as ``requests`` takes it.
+Timeout = tuple[float, float]
+
+
+class TransportError(Exception):
+    """A call to a peer failed; the text says which peer and what went wrong."""
+
+
+class Transport(Protocol):
+    """Sends requests to peers and returns their replies.
+
+    Implementations must be safe to call concurrently for *different* peers
+    (the runner sends to each peer from its own greenlet or thread).
+    """
+
+    def send(self, peer: core.Peer, msg: Request, timeout: Timeout) -> Reply:
+        """Deliver ``msg`` to ``peer`` and return its reply.
+
+        Blocks for at most about ``connect + read`` seconds.
+
+        :raises TransportError: the peer cannot be reached in time, answered
+            with an error, or sent a reply that is malformed or not its own.
+        """
+        ...
+
+    def get_status(self, peer: core.Peer, timeout: Timeout) -> dict[str, Any]:
+        """Return ``peer``'s view of the cluster (its ``GET {prefix}/status``).
+
+        :raises TransportError: as for :meth:`send`.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections; later calls raise :class:`TransportError`. Idempotent."""
+        ...
+
+
+def _check_reply(peer: core.Peer, msg: Request, reply: object) -> Reply:
+    """Accept ``reply`` only if it answers ``msg`` and comes from ``peer``."""
+    expected = messages.REPLY_FOR[type(msg)]
+    if not isinstance(reply, expected):
+        raise TransportError(
+            f"peer {peer.id!r} answered a {type(msg).__name__} with"
+            f" {type(reply).__name__}, not {expected.__name__}"
+        )
+    if reply.sender != peer.id:
+        # A misrouted or forged reply must not be counted as the peer's vote or ack.
+        raise TransportError(
+            f"reply from peer {peer.id!r} claims to come from {reply.sender!r};"
+            " check that the peer's address belongs to that node"
+        )
+    return reply
+
+
+# -- HTTP -------------------------------------------------------------------------
+
+#: Largest reply body accepted from a peer (replies are well under 1 KiB).
+MAX_REPLY_BYTES = 64 * 1024
+
+_LIVE_HTTP_TRANSPORTS: weakref.WeakSet[HttpTransport] = weakref.WeakSet()
+
+
+class HttpTransport:
+    """Calls peers over HTTP with ``requests``: one ``Session`` per peer, no retries.
+
+    :param url_prefix: where the peers mounted the election routes
+        (``GOELECT_URL_PREFIX``, default ``/_goelect``).
+    :param session_factory: makes the per-peer sessions (for TLS settings,
+        client certificates, custom adapters); an adapter with ``max_retries=0``
+        is mounted on each for ``http://`` and ``https://``.
+    :param trust_env: whether sessions read proxy and ``.netrc`` settings from the
+        environment. Off by default: traffic between replicas should go direct,
+        and reading ``~/.netrc`` on every heartbeat costs CPU.
+
+    Every call has a ``(connect, read)`` timeout. Note that ``requests``' read
+    timeout bounds each wait for data, not the whole reply; the replies here are
+    a few hundred bytes, so in practice it bounds the call.
+    """
+
+    def __init__(
+        self,
+        url_prefix: str = "/_goelect",
+        *,
+        session_factory: Callable[[], requests.Session] = requests.Session,
+        trust_env: bool = False,
+    ) -> None:
+        if url_prefix and not url_prefix.startswith("/"):
+            raise ValueError(f"url_prefix must start with '/', not {url_prefix!r}")
+        self.url_prefix = url_prefix.rstrip("/")
+        self._session_factory = session_factory
+        self._trust_env = trust_env
+        self._sessions: dict[str, requests.Session] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        _LIVE_HTTP_TRANSPORTS.add(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._sessions)} sessions"
+        return f"HttpTransport({self.url_prefix!r}, {state})"
+
+    def send(self, peer: core.Peer, msg: Request, timeout: Timeout) -> Reply:
+        """POST ``msg`` to ``{peer.address}{prefix}/rpc/{kind}`` and return the reply."""
+        kind = RPC_KINDS[type(msg)]
+        body = json.dumps(messages.to_wire(msg), separators=(",", ":")).encode()
+        data = self._exchange(peer, "POST", f"/rpc/{kind}", body, timeout)
+        reply_type: Any = messages.REPLY_FOR[type(msg)]
+        try:
+            reply: object = messages.from_wire(reply_type, data)
+        except messages.MessageError as exc:
+            raise TransportError(f"peer {peer.id!r} sent a malformed {kind} reply: {exc}") from None
+        return _check_reply(peer, msg, reply)
+
+    def get_status(self, peer: core.Peer, timeout: Timeout) -> dict[str, Any]:
+        """GET ``{peer.address}{prefix}/status`` and return the JSON object."""
+        data = self._exchange(peer, "GET", "/status", None, timeout)
+        if not isinstance(data, dict):
+            raise TransportError(
+                f"peer {peer.id!r} sent a status that is a JSON {type(data).__name__},"
+                " not an object"
+            )
+        return data
+
+    def close(self) -> None:
+        """Close every session; later calls raise :class:`TransportError`."""
+        with self._lock:
+            self._closed = True
+            sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            session.close()
+
+    # The one place where a request leaves and a reply comes back: request
+    # signing (headers over method, path, sender, timestamp and body) and the
+    # verification of signed replies belong here, around the call.
+    def _exchange(
+        self, peer: core.Peer, method: str, path: str, body: bytes | None, timeout: Timeout
+    ) -> object:
+        url = f"{peer.address.rstrip('/')}{self.url_prefix}{path}"
+        what = f"peer {peer.id!r} at {url}"
+        session = self._session(peer)
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            with session.request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+                stream=True,
+            ) as resp:
+                if not 200 <= resp.status_code < 300:
+                    raise TransportError(
+                        f"{what} answered HTTP {resp.status_code}: {_snippet(resp)}"
+                    )
+                declared = resp.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
+                    raise TransportError(f"{what} sent a {declared}-byte reply; too large")
+                content = resp.content
+        except requests.ConnectTimeout:
+            raise TransportError(f"{what}: no connection within {timeout[0]:g}s") from None
+        except requests.Timeout:
+            raise TransportError(f"{what}: no reply within {timeout[1]:g}s") from None
+        except requests.RequestException as exc:
+            raise TransportError(f"{what} is unreachable: {_reason(exc)}") from None
+        if len(content) > MAX_REPLY_BYTES:
+            raise TransportError(f"{what} sent a {len(content)}-byte reply; too large")
+        try:
+            return json.loads(content)
+        except ValueError:
+            raise TransportError(f"{what} sent a reply that is not JSON") from None
+
+    def _session(self, peer: core.Peer) -> requests.Session:
+        with self._lock:
+            if self._closed:
+                raise TransportError(f"cannot reach peer {peer.id!r}: the transport is closed")
+            session = self._sessions.get(peer.id)
+            if session is None:
+                session = self._session_factory()
+                session.trust_env = self._trust_env
+                # One connection per peer is the normal case (the runner sends to a
+                # peer one call at a time); a status query may need a second.
+                adapter = HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                self._sessions[peer.id] = session
+            return session
+
+    def _after_fork_in_child(self) -> None:
+        # The sessions' sockets are shared with the parent: never use them here.
+        self._lock = threading.Lock()
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            # Closes this process's copies of the descriptors only; best effort.
+            with contextlib.suppress(Exception):
+                session.close()
+
+
+def _snippet(resp: requests.Response) -> str:
+    try:
+        text = resp.raw.read(200, decode_content=True).decode("utf-8", "replace")
+    except Exception:
+        text = ""
+    text = " ".join(text.split())
+    return text or resp.reason or "(no body)"
+
+
+def _reason(exc: requests.RequestException) -> str:
+    # requests wraps urllib3 errors several levels deep; the innermost says it best.
+    inner: BaseException = exc
+    while inner.args and isinstance(inner.args[0], BaseException):
+        inner = inner.args[0]
+    reason = getattr(inner, "reason", None)
+    if isinstance(reason, BaseException):
+        inner = reason
+    return f"{type(inner).__name__}: {inner}"
+
+
+def _http_after_fork_in_child() -> None:
+    for transport in list(_LIVE_HTTP_TRANSPORTS):
+        transport._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_http_after_fork_in_child)
+
+
+# -- in memory ----------------------------------------------------------------------
+
+Handler = Callable[[Request], Reply]
+
+
+class MemoryTransport:
+    """Delivers requests in-process to registered handlers: for tests.
+
+    Register each node's handler (an Elector's ``handle``) under its id. A call
+    from ``msg.sender`` to ``peer.id`` runs the handler in the caller's thread or
+    greenlet. Faults, all reversible with :meth:`heal`:
+
+    * :meth:`cut` / :meth:`cut_one_way`: packets from one node never reach the
+      other. A request over a cut link fails at once (like a refused
+      connection); a reply over a cut link is lost after the request was handled
+      (the caller fails at once, as on a reset connection).
+    * :meth:`black_hole`: calls to the node hang until their read deadline, then
+      fail (a host that accepts connections and never answers).
+    * :meth:`set_delay`: every delivery waits this long first; a delay past the
+      read deadline fails the call at the deadline.
+
+    One instance is the whole network, shared by every node of a test cluster,
+    so :meth:`close` (called by each elector when it stops) leaves it working;
+    :meth:`shutdown` ends it. ``delivered`` counts requests handed to handlers,
+    by ``(sender, receiver, kind)``.
+    """
+
+    def __init__(self, *, sleep: Callable[[float], None] | None = None) -> None:
+        """``sleep`` waits in the caller (default ``time.sleep``, cooperative when patched)."""
+        self._handlers: dict[str, Handler] = {}
+        self._status: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._cuts: set[tuple[str, str]] = set()
+        self._black_holes: set[str] = set()
+        self._delay = 0.0
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        #: Requests delivered to handlers, by (sender, receiver, kind).
+        self.delivered: Counter[tuple[str, str, str]] = Counter()
+
+    def register(
+        self,
+        node_id: str,
+        handler: Handler,
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        """Route requests for ``node_id`` to ``handler`` (and status reads to ``status``)."""
+        with self._lock:
+            self._handlers[node_id] = handler
+            if status is not None:
+                self._status[node_id] = status
+
+    def unregister(self, node_id: str) -> None:
+        """Forget ``node_id``: calls to it fail at once, as to a stopped server."""
+        with self._lock:
+            self._handlers.pop(node_id, None)
+            self._status.pop(node_id, None)
+
+    def cut(self, a: str, b: str) -> None:
+        """Cut the link between ``a`` and ``b`` in both directions."""
+        with self._lock:
+            self._cuts |= {(a, b), (b, a)}
+
+    def cut_one_way(self, a: str, b: str) -> None:
+        """Drop what ``a`` sends to ``b``; ``b`` still reaches ``a``."""
+        with self._lock:
+            self._cuts.add((a, b))
+
+    def isolate(self, node_id: str) -> None:
+        """Cut ``node_id`` from every registered node."""
+        with self._lock:
+            for other in self._handlers:
+                if other != node_id:
+                    self._cuts |= {(node_id, other), (other, node_id)}
+
+    def black_hole(self, node_id: str) -> None:
+        """Calls to ``node_id`` hang until their read deadline, then fail."""
+        with self._lock:
+            self._black_holes.add(node_id)
+
+    def set_delay(self, seconds: float) -> None:
+        """Delay every delivery by ``seconds`` (0 for none)."""
+        if seconds < 0:
+            raise ValueError(f"delay must not be negative, not {seconds!r}")
+        self._delay = float(seconds)
+
+    def heal(self) -> None:
+        """Restore every cut link and black-holed node (the delay stays)."""
+        with self._lock:
+            self._cuts.clear()
+            self._black_holes.clear()
+
+    def send(self, peer: core.Peer, msg: Request, timeout: Timeout) -> Reply:
+        """Deliver ``msg`` to the handler of ``peer.id`` and return its reply."""
+        src, dst = msg.sender, peer.id
+        what = f"peer {dst!r}"
+        with self._lock:
+            handler = self._handlers.get(dst)
+            cut = (src, dst) in self._cuts
+            black_hole = dst in self._black_holes
+        if self._closed.is_set():
+            raise TransportError(f"cannot reach {what}: the in-memory network was shut down")
+        if handler is None or cut:
+            raise TransportError(f"{what} is unreachable (connection refused)")
+        read = timeout[1]
+        if black_hole or self._delay >= read:
+            self._wait(read)
+            raise TransportError(f"{what}: no reply within {read:g}s")
+        if self._delay:
+            self._wait(self._delay)
+        kind = RPC_KINDS[type(msg)]
+        with self._lock:
+            self.delivered[(src, dst, kind)] += 1
+        try:
+            reply = handler(msg)
+        except Exception as exc:
+            raise TransportError(f"{what} failed to handle {kind}: {exc!r}") from None
+        with self._lock:
+            reply_lost = (dst, src) in self._cuts
+        if reply_lost:
+            raise TransportError(f"{what}: connection reset (the reply was lost)")
+        return _check_reply(peer, msg, reply)
+
+    def get_status(self, peer: core.Peer, timeout: Timeout) -> dict[str, Any]:
+        """Return what the status callable registered for ``peer.id`` returns."""
+        with self._lock:
+            status = self._status.get(peer.id)
+            unreachable = status is None or peer.id in self._black_holes
+        if status is None or unreachable:
+            raise TransportError(f"peer {peer.id!r} is unreachable")
+        return status()
+
+    def close(self) -> None:
+        """Do nothing: the network is shared, and one node stopping must not end it."""
+
+    def shutdown(self) -> None:
+        """End the network: later calls fail, waits on a black hole or delay end at once."""
+        self._closed.set()
+
+    def _wait(self, seconds: float) -> None:
+        if self._sleep is not None:
+            self._sleep(seconds)
+        else:
+            # Ends early on shutdown, so that tests stop promptly.
+            if self._closed.wait(seconds):
+                raise TransportError("the in-memory network was shut down")
