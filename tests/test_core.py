@@ -1,0 +1,501 @@
+"""Unit tests of the election core, one rule at a time.
+
+Each test names the Raft paper section (§), the thesis section (thesis §) or the
+fault of goelect that it guards against. Time is manual and randomness seeded.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from core_net import HB, Net, T, make_config
+
+from flask_goelect.core import (
+    Config,
+    ConfigError,
+    HardState,
+    Node,
+    NotLeaderError,
+    Peer,
+    Role,
+    TransferError,
+)
+from flask_goelect.messages import (
+    Heartbeat,
+    HeartbeatReply,
+    TimeoutNow,
+    TimeoutNowReply,
+    VoteReply,
+    VoteRequest,
+)
+
+
+def fresh(node_id: str = "a", ids: tuple[str, ...] = ("a", "b", "c"), **kw: object) -> Node:
+    return Node(make_config(node_id, ids, **kw), HardState(), now=0.0, rng=random.Random(7))
+
+
+# -- §5.1 terms ------------------------------------------------------------------
+
+
+def test_higher_term_demotes_leader_and_is_persisted() -> None:
+    """§5.1: a message with a higher term makes the receiver a follower of it."""
+    net = Net()
+    net.elect("a")
+    a = net.nodes["a"]
+    out = a.step(Heartbeat("b", a.term + 3, 1), net.now)
+    assert a.role is Role.FOLLOWER and a.term == 4 and a.leader_id == "b"
+    assert out.persist == HardState(4, None)
+    assert not a.is_leader(net.now)
+
+
+@pytest.mark.parametrize(
+    ("msg", "reply_type"),
+    [
+        (Heartbeat("b", 1, 5), HeartbeatReply),
+        (VoteRequest("b", 1), VoteReply),
+        (TimeoutNow("b", 1), TimeoutNowReply),
+    ],
+)
+def test_stale_term_request_is_refused_with_current_term(msg: object, reply_type: type) -> None:
+    """§5.1: a request from an older term is refused, and the reply tells the term."""
+    node = Node(make_config("a", "abc"), HardState(5, None), now=0.0, rng=random.Random(1))
+    out = node.step(msg, 10.0)  # type: ignore[arg-type]
+    assert isinstance(out.reply, reply_type)
+    assert out.reply.term == 5
+    assert not getattr(out.reply, "granted", getattr(out.reply, "success", False))
+    assert node.term == 5 and out.persist is None and node.role is Role.FOLLOWER
+
+
+def test_terms_never_decrease_under_random_messages() -> None:
+    """§5.1: whatever arrives, a node's term only grows."""
+    rng = random.Random(3)
+    node = fresh()
+    last = 0
+    for k in range(3000):
+        now = k * 0.05
+        term = rng.randint(0, 40)
+        sender = rng.choice("bc")
+        msg = rng.choice(
+            [
+                Heartbeat(sender, term, k),
+                VoteRequest(sender, term, pre_vote=rng.random() < 0.5),
+                VoteReply(sender, term, rng.random() < 0.5, rng.random() < 0.5),
+                HeartbeatReply(sender, term, k, rng.random() < 0.5),
+                TimeoutNow(sender, term),
+            ]
+        )
+        node.step(msg, now)
+        if rng.random() < 0.2:
+            node.tick(now)
+        assert node.term >= last
+        last = node.term
+
+
+# -- §5.2 votes and elections -----------------------------------------------------
+
+
+def test_goelect_fault_one_vote_per_term() -> None:
+    """§5.2, goelect fault "votedFor is written but never read": one vote per term."""
+    node = fresh()
+    out = node.step(VoteRequest("b", 1), 0.0)
+    assert isinstance(out.reply, VoteReply) and out.reply.granted
+    # The vote is in the same output as the reply: persisted before it leaves.
+    assert out.persist == HardState(1, "b")
+    out = node.step(VoteRequest("c", 1), 0.0)
+    assert isinstance(out.reply, VoteReply) and not out.reply.granted
+    assert node.voted_for == "b"
+    # Asking again for the same candidate is answered the same (a retry).
+    out = node.step(VoteRequest("b", 1), 0.0)
+    assert isinstance(out.reply, VoteReply) and out.reply.granted
+
+
+def test_vote_survives_restart() -> None:
+    """§5.2 and goelect fault "term and vote are not persisted"."""
+    net = Net()
+    net.step("a", VoteRequest("b", 1))
+    assert net.stored["a"] == HardState(1, "b")
+    net.crash("a")
+    node = net.restart("a")
+    net.now += 2 * T  # past the restart promise
+    out = node.step(VoteRequest("c", 1), net.now)
+    assert isinstance(out.reply, VoteReply) and not out.reply.granted
+
+
+def test_election_timeout_is_redrawn_in_T_to_2T() -> None:
+    """§5.2: randomized election timeouts in [T, 2T), drawn anew each reset."""
+    node = fresh()
+    draws = []
+    for k in range(500):
+        now = float(k * 10)
+        node.step(Heartbeat("b", 1, k + 1), now)
+        draws.append(node.next_deadline() - now)
+    assert all(T <= d < 2 * T for d in draws)
+    assert len(set(draws)) == len(draws)
+    assert min(draws) < T * 1.1 and max(draws) > T * 1.9
+
+
+def test_goelect_fault_candidate_asks_only_in_the_term_it_started() -> None:
+    """§5.2: a candidate increments its term, votes for itself, persists, then asks."""
+    node = Node(
+        make_config("a", "abc", pre_vote=False), HardState(4), now=0.0, rng=random.Random(2)
+    )
+    out = node.tick(node.next_deadline())
+    assert node.role is Role.CANDIDATE and node.term == 5 and node.voted_for == "a"
+    assert out.persist == HardState(5, "a")
+    assert {to for to, _ in out.messages} == {"b", "c"}
+    assert all(isinstance(m, VoteRequest) and m.term == 5 for _, m in out.messages)
+    # A vote reply for another term does not count.
+    node.step(VoteReply("b", 4, True), node.next_deadline() - 0.5)
+    assert node.role is Role.CANDIDATE
+
+
+def test_majority_of_votes_elects_and_leader_heartbeats_at_once() -> None:
+    """§5.2: a majority (self included) elects; the new leader sends heartbeats."""
+    net = Net(ids="abcde")
+    net.elect("c")
+    assert net.leaders() == ["c"]
+    assert all(net.nodes[i].leader_id == "c" for i in "abcde")
+    assert all(net.nodes[i].term == 1 for i in "abcde")
+
+
+def test_split_vote_resolves() -> None:
+    """§5.2: randomized timeouts make split votes resolve."""
+    for seed in range(20):
+        net = Net(ids="abcd", seed=seed)
+        net.advance(10 * T)
+        assert len(net.leaders()) == 1, seed
+
+
+# -- thesis §9.6 pre-vote ---------------------------------------------------------
+
+
+def test_pre_vote_changes_no_term() -> None:
+    """Thesis §9.6: asking "would you vote for me?" changes no one's term."""
+    net = Net()
+    a = net.nodes["a"]
+    net.now = a.next_deadline()
+    out = net.tick("a")
+    assert a.role is Role.PRE_CANDIDATE and a.term == 0 and out.persist is None
+    assert all(isinstance(m, VoteRequest) and m.pre_vote and m.term == 1 for _, m in out.messages)
+    net.cut |= {("b", "a"), ("c", "a")}  # replies lost
+    net.deliver()
+    assert [net.nodes[i].term for i in "abc"] == [0, 0, 0]
+
+
+def test_partitioned_node_does_not_inflate_its_term() -> None:
+    """Thesis §9.6: an isolated node's timer fires again and again, term unchanged."""
+    net = Net()
+    net.elect("a")
+    net.isolate("c")
+    net.advance(20 * T)
+    assert net.nodes["c"].term == 1
+    assert net.nodes["c"].role is Role.PRE_CANDIDATE
+
+
+def test_goelect_fault_rejoining_node_does_not_depose_healthy_leader() -> None:
+    """Thesis §9.6 + §4.2.3, goelect fault "a rejoining node deposes a healthy leader"."""
+    net = Net(ids="abcde")
+    net.elect("a")
+    net.isolate("e")
+    net.advance(15 * T)
+    assert net.leaders() == ["a"] and net.nodes["a"].term == 1
+    net.heal()
+    net.advance(10 * T)
+    assert net.leaders() == ["a"] and net.nodes["a"].term == 1
+    assert net.nodes["e"].leader_id == "a"
+
+
+def test_pre_candidate_needs_a_majority_of_pre_votes() -> None:
+    net = Net(ids="abcde")
+    a = net.nodes["a"]
+    net.now = a.next_deadline()
+    net.tick("a")
+    net.step("a", VoteReply("b", 1, True, pre_vote=True))
+    assert a.role is Role.PRE_CANDIDATE
+    net.step("a", VoteReply("c", 1, True, pre_vote=True))
+    assert a.role is Role.CANDIDATE and a.term == 1
+
+
+# -- thesis §4.2.3 / §6.4 stickiness and the follower's promise ----------------------
+
+
+def test_follower_in_contact_with_leader_refuses_votes_and_pre_votes() -> None:
+    """Thesis §4.2.3: a follower that heard from the leader < T ago refuses, term unchanged."""
+    net = Net()
+    net.elect("a")
+    b = net.nodes["b"]
+    for msg in (VoteRequest("c", 2), VoteRequest("c", 2, pre_vote=True)):
+        out = b.step(msg, net.now + 0.5 * T)
+        assert isinstance(out.reply, VoteReply) and not out.reply.granted
+        assert b.term == 1 and b.voted_for == "a" and out.persist is None
+
+
+def test_follower_votes_once_the_leader_has_been_silent_for_T() -> None:
+    net = Net()
+    net.elect("a")
+    b = net.nodes["b"]
+    out = b.step(VoteRequest("c", 2, pre_vote=True), net.now + T + 0.01)
+    assert isinstance(out.reply, VoteReply) and out.reply.granted and out.reply.term == 2
+    out = b.step(VoteRequest("c", 2), net.now + T + 0.02)
+    assert isinstance(out.reply, VoteReply) and out.reply.granted and b.term == 2
+
+
+def test_promise_is_kept_across_a_term_change() -> None:
+    """The lease needs the promise to hold even if the follower sees a newer term."""
+    net = Net()
+    net.elect("a")
+    b = net.nodes["b"]
+    # A late reply from an old campaign carries a higher term: b follows the term...
+    b.step(VoteReply("c", 7, False), net.now + 0.1)
+    assert b.term == 7 and b.leader_id is None
+    # ...but still grants no vote before T after a's last heartbeat.
+    out = b.step(VoteRequest("c", 8), net.now + 0.2)
+    assert isinstance(out.reply, VoteReply) and not out.reply.granted and b.voted_for is None
+    out = b.step(VoteRequest("c", 8), net.now + T + 0.01)
+    assert isinstance(out.reply, VoteReply) and out.reply.granted
+
+
+def test_restarted_node_keeps_promises_for_T() -> None:
+    """A node restarted with term > 0 may have promised a leader: it waits T."""
+    node = Node(make_config("b", "abc"), HardState(3, None), now=100.0, rng=random.Random(1))
+    out = node.step(VoteRequest("c", 4), 100.0 + 0.9 * T)
+    assert isinstance(out.reply, VoteReply) and not out.reply.granted and node.term == 3
+    out = node.step(VoteRequest("c", 4), 100.0 + 1.01 * T)
+    assert isinstance(out.reply, VoteReply) and out.reply.granted
+
+
+def test_brand_new_node_has_no_promise_to_keep() -> None:
+    node = Node(make_config("b", "abc"), HardState(), now=100.0, rng=random.Random(1))
+    out = node.step(VoteRequest("c", 1), 100.0)
+    assert isinstance(out.reply, VoteReply) and out.reply.granted
+
+
+# -- thesis §6.2 check quorum -----------------------------------------------------
+
+
+def test_leader_cut_off_from_majority_steps_down_within_T() -> None:
+    """Thesis §6.2: a leader without replies from a majority within T steps down."""
+    net = Net(ids="abcde")
+    net.elect("a")
+    net.advance(3 * T)
+    for peer in "bcd":
+        net.cut |= {("a", peer), (peer, "a")}
+    start = net.now
+    net.advance(3 * T)
+    stepped = [t for i, t in net.transitions if i == "a" and t.previous_role is Role.LEADER]
+    assert stepped and stepped[-1].at - start <= T + 2 * HB + 1e-9
+    assert net.nodes["a"].role is not Role.LEADER
+
+
+def test_leader_with_majority_stays() -> None:
+    net = Net(ids="abcde")
+    net.elect("a")
+    net.cut |= {("a", "d"), ("d", "a"), ("a", "e"), ("e", "a")}
+    net.advance(20 * T)
+    assert net.leaders() == ["a"] and net.nodes["a"].term == 1
+
+
+# -- thesis §6.4.1 leader lease ---------------------------------------------------
+
+
+def test_lease_needs_a_majority_ack_and_counts_from_send_time() -> None:
+    """The lease runs from the *send* time of the newest majority-acked round."""
+    cfg = make_config("a", "abc", pre_vote=False, max_drift=0.05)
+    a = Node(cfg, HardState(), now=0.0, rng=random.Random(1))
+    a.tick(a.next_deadline())
+    t0 = 2.5
+    out = a.step(VoteReply("b", 1, True), t0)
+    assert a.role is Role.LEADER and not a.is_leader(t0)
+    hb = next(m for _, m in out.messages if isinstance(m, Heartbeat))
+    # The ack arrives late; the lease still counts from t0, when the round was sent.
+    a.step(HeartbeatReply("b", 1, hb.seq, True), t0 + 0.3)
+    assert a.lease_until == pytest.approx(t0 + T * 0.95)
+    assert a.is_leader(t0 + 0.3) and a.is_leader(t0 + 0.94)
+    assert not a.is_leader(t0 + 0.951)
+
+
+def test_lease_expires_without_any_input() -> None:
+    """A leader paused (GC, SIGSTOP) past its lease is not leader when it wakes."""
+    net = Net()
+    net.elect("a")
+    a = net.nodes["a"]
+    assert a.is_leader(net.now)
+    assert a.role is Role.LEADER and not a.is_leader(net.now + T)
+
+
+def test_observer_acks_do_not_make_a_lease() -> None:
+    net = Net(ids="abo", observers="o")
+    net.crash("b")
+    a = net.nodes["a"]
+    net.now = a.next_deadline()
+    net.tick("a")
+    net.deliver()
+    assert a.role is Role.PRE_CANDIDATE and not a.is_leader(net.now)
+
+
+def test_duplicate_old_ack_does_not_extend_the_lease() -> None:
+    net = Net()
+    net.elect("a")
+    a = net.nodes["a"]
+    lease = a.lease_until
+    a.step(HeartbeatReply("b", 1, 1, True), net.now + 0.5)
+    a.step(HeartbeatReply("c", 1, 1, True), net.now + 0.5)
+    assert a.lease_until == lease
+
+
+# -- thesis §3.10 leadership transfer -----------------------------------------------
+
+
+def test_goelect_fault_transfer_hands_over_in_one_round_trip() -> None:
+    """Thesis §3.10, goelect fault "no stop, resign or hand-over"."""
+    net = Net(ids="abcde")
+    net.elect("a")
+    net.advance(2 * HB)
+    a = net.nodes["a"]
+    out = net.handle("a", a.transfer_leadership(net.now, "c"))
+    assert a.role is Role.FOLLOWER and not a.is_leader(net.now) and a.lease_until == 0.0
+    assert out.messages == [("c", TimeoutNow("a", 1))]
+    net.deliver()  # no time passes: the followers are all sticky to a
+    assert net.leaders() == ["c"] and net.nodes["c"].term == 2
+    assert net.nodes["c"].is_leader(net.now)
+
+
+def test_transfer_picks_a_voter_when_not_told() -> None:
+    net = Net(ids="abco", observers="o")
+    net.elect("a")
+    net.advance(2 * HB)
+    net.handle("a", net.nodes["a"].transfer_leadership(net.now))
+    net.deliver()
+    assert net.leaders()[0] in "bc"
+
+
+def test_transfer_errors() -> None:
+    net = Net(ids="abco", observers="o")
+    with pytest.raises(NotLeaderError):
+        net.nodes["a"].transfer_leadership(0.0)
+    net.elect("a")
+    for bad in ("a", "o", "zz"):
+        with pytest.raises(TransferError):
+            net.nodes["a"].transfer_leadership(net.now, bad)
+    solo = Node(make_config("a", "a"), HardState(), now=0.0, rng=random.Random(1))
+    solo.tick(solo.next_deadline())
+    assert solo.role is Role.LEADER
+    with pytest.raises(TransferError):
+        solo.transfer_leadership(5.0)
+
+
+def test_timeout_now_only_from_the_current_leader() -> None:
+    net = Net()
+    net.elect("a")
+    b = net.nodes["b"]
+    out = b.step(TimeoutNow("c", 1), net.now)
+    assert isinstance(out.reply, TimeoutNowReply) and not out.reply.accepted
+    assert b.role is Role.FOLLOWER and b.term == 1
+
+
+def test_transfer_campaign_still_needs_a_free_vote() -> None:
+    """A transfer bypasses stickiness, never the one-vote-per-term rule."""
+    node = fresh("b")
+    node.step(VoteRequest("a", 3, transfer=True), 0.0)
+    out = node.step(VoteRequest("c", 3, transfer=True), 0.0)
+    assert isinstance(out.reply, VoteReply) and not out.reply.granted
+
+
+# -- no-vote nodes -----------------------------------------------------------------
+
+
+def test_observer_follows_never_votes_never_campaigns() -> None:
+    net = Net(ids="abo", observers="o")
+    o = net.nodes["o"]
+    assert o.role is Role.OBSERVER and o.next_deadline() == math.inf
+    out = o.step(VoteRequest("a", 1), 0.0)
+    assert isinstance(out.reply, VoteReply) and not out.reply.granted and o.voted_for is None
+    net.elect("a")
+    assert o.role is Role.OBSERVER and o.leader_id == "a" and o.term == 1
+    net.advance(30 * T)
+    assert o.role is Role.OBSERVER
+
+
+def test_vote_request_from_an_observer_is_refused() -> None:
+    node = fresh("a", ("a", "b", "o"), observers=("o",))
+    out = node.step(VoteRequest("o", 1), 0.0)
+    assert isinstance(out.reply, VoteReply) and not out.reply.granted
+
+
+def test_message_from_a_stranger_changes_nothing() -> None:
+    node = fresh()
+    out = node.step(Heartbeat("mallory", 99, 1), 0.0)
+    assert node.term == 0 and node.leader_id is None and out.persist is None
+    assert isinstance(out.reply, HeartbeatReply) and not out.reply.success
+
+
+# -- quorum and configuration -------------------------------------------------------
+
+
+def test_goelect_fault_quorum_counts_self_even_when_not_listed() -> None:
+    """goelect counts only the listed peers; the quorum here is over all voters."""
+    peers = tuple(Peer(i, f"http://{i}") for i in "bcd")
+    cfg = Config("a", peers, address="http://a", elect_timeout=T, heartbeat_interval=HB)
+    assert cfg.voters == {"a", "b", "c", "d"} and cfg.quorum == 3
+    assert Config("a", peers[:2], elect_timeout=T, heartbeat_interval=HB).quorum == 2
+
+
+def test_four_voters_need_three() -> None:
+    net = Net(ids="abcd")
+    net.crash("c")
+    net.crash("d")
+    net.advance(10 * T)
+    assert net.leaders() == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"peers": (Peer("b"), Peer("b"))}, "listed twice"),
+        ({"heartbeat_interval": 0.6}, "at most half"),
+        ({"elect_timeout": 0}, "elect_timeout"),
+        ({"heartbeat_interval": -1}, "heartbeat_interval"),
+        ({"max_drift": 0.7}, "max_drift"),
+        ({"peers": (Peer("a", "http://x"),), "address": "http://y"}, "two addresses"),
+        ({"peers": (Peer("b bad"),)}, "invalid"),
+        ({"novote": True}, "no voters"),
+    ],
+)
+def test_config_errors_say_what_to_fix(kwargs: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        Config("a", **kwargs)  # type: ignore[arg-type]
+
+
+# -- who leads ---------------------------------------------------------------------------
+
+
+def test_followers_know_leader_address_and_tags() -> None:
+    peers = (Peer("a", "http://a:1", tags={"zone": "z1"}), Peer("b", "http://b:1"))
+    a = Node(
+        Config("a", peers, tags={"zone": "z1"}, pre_vote=False),
+        HardState(),
+        now=0.0,
+        rng=random.Random(1),
+    )
+    b = Node(Config("b", peers), HardState(), now=0.0, rng=random.Random(2))
+    out = a.tick(a.next_deadline())
+    vote = b.step(out.messages[0][1], 5.0).reply
+    assert vote is not None
+    out = a.step(vote, 5.0)
+    hb = out.messages[0][1]
+    b.step(hb, 5.0)
+    leader = b.leader
+    assert leader is not None
+    assert (leader.id, leader.address, dict(leader.tags)) == ("a", "http://a:1", {"zone": "z1"})
+    assert a.leader is not None and a.leader.id == "a"
+
+
+def test_transitions_report_role_and_leader_changes() -> None:
+    net = Net()
+    net.elect("a")
+    roles = [(i, t.role, t.leader_id) for i, t in net.transitions]
+    assert ("a", Role.LEADER, "a") in roles
+    assert ("b", Role.FOLLOWER, "a") in roles
+    assert all(t.term >= 0 and t.reason for _, t in net.transitions)
