@@ -1,0 +1,413 @@
+"""Reading and checking the ``GOELECT_*`` configuration of one app.
+
+Every error names the configuration key and says how to fix it: a node that
+starts with a wrong peer list or timing does not fail loudly later, it elects
+badly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import core
+from .messages import MAX_ADDRESS_LENGTH, MessageError, validate_node_id, validate_tags
+
+__all__ = ["DEFAULTS", "KEYS", "MEMORY", "Settings", "load_settings"]
+
+PREFIX = "GOELECT_"
+
+#: ``GOELECT_STATE_FILE`` value that keeps the term and vote in memory (tests only).
+MEMORY = ":memory:"
+
+#: The defaults that ``init_app`` puts into ``app.config`` with ``setdefault``.
+#: Timing is in milliseconds like goelect's; the timeouts of single calls in seconds.
+DEFAULTS: dict[str, Any] = {
+    "NODE_ID": None,
+    "NODE_ADDRESS": None,
+    "PEERS": [],
+    "NOVOTE": False,
+    "TAGS": {},
+    # Python under load (GIL contention with CPU-bound requests, GC pauses, a
+    # saturated worker, a busy host) can delay the election greenlet by hundreds
+    # of milliseconds. An election timeout of 2 s keeps such pauses from deposing
+    # a healthy leader; heartbeats at a tenth of it leave nine chances to renew
+    # the lease before followers give up. Failover then takes about 2-4 s.
+    "HEARTBEAT_INTERVAL": 200,
+    "ELECT_TIMEOUT": 2000,
+    # Connecting on a LAN takes under a millisecond; 0.5 s tolerates a SYN
+    # retransmit-free slow path and still fails well inside one election timeout.
+    "CONNECT_TIMEOUT": 0.5,
+    "CALLBACK_TIMEOUT": 5.0,
+    "URL_PREFIX": "/_goelect",
+    "STATE_FILE": None,
+    "AUTOSTART": True,
+    "FOLLOWER_RESPONSE": "503",
+    "MAX_DRIFT": 0.01,
+}
+KEYS = frozenset(DEFAULTS)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+logger = logging.getLogger("flask_goelect")
+
+
+def key(name: str) -> str:
+    return PREFIX + name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The checked configuration of one app's elector (times in seconds)."""
+
+    node_id: str
+    node_address: str
+    election: core.Config
+    connect_timeout: float
+    callback_timeout: float
+    url_prefix: str
+    url_prefix_explicit: bool
+    state_file: str | None
+    autostart: bool
+    follower_response: str
+    raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def elect_timeout(self) -> float:
+        return float(self.election.elect_timeout)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return float(self.election.heartbeat_interval)
+
+    @property
+    def node(self) -> core.Peer:
+        peer = self.election.peer(self.node_id)
+        assert peer is not None
+        return peer
+
+
+def _error(message: str) -> core.ConfigError:
+    return core.ConfigError(message)
+
+
+def _number(name: str, value: object, unit: str) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise _error(f"{key(name)} must be a number of {unit}, not {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _error(f"{key(name)} must be a number of {unit}, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise _error(f"{key(name)} must be a positive number of {unit}, not {value!r}")
+    return float(value)
+
+
+def _boolean(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise _error(f"{key(name)} must be true or false, not {value!r}")
+
+
+def _tags(name: str, value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        tags: dict[str, str] = {}
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            k, sep, v = item.partition("=")
+            if not sep or not k.strip():
+                raise _error(
+                    f"{key(name)} entry {item!r} is not 'key=value': write tags like"
+                    " 'zone=a,rack=3' or as a dict"
+                )
+            tags[k.strip()] = v.strip()
+        value = tags
+    try:
+        return validate_tags(value, key(name))
+    except MessageError as exc:
+        raise _error(str(exc)) from None
+
+
+def _address(what: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _error(f"{what} must be a base URL string, not {type(value).__name__}")
+    text = value.strip().rstrip("/")
+    parts = urlsplit(text)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or len(text) > MAX_ADDRESS_LENGTH
+    ):
+        raise _error(
+            f"{what} {value!r} is not a base URL: use the URL peers reach the app at, like"
+            " 'http://10.0.0.1:5000' (with the path the app is mounted at, if any)"
+        )
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise _error(f"{what} {value!r} has an invalid port") from None
+    return text
+
+
+def _node_id(what: str, value: object) -> str:
+    try:
+        return validate_node_id(value, what)
+    except MessageError as exc:
+        raise _error(str(exc)) from None
+
+
+def _peer_entry(index: int, entry: object) -> core.Peer:
+    where = f"{key('PEERS')} entry {index + 1} ({entry!r})"
+    if isinstance(entry, core.Peer):
+        return core.Peer(
+            _node_id(f"{where}: id", entry.id),
+            _address(f"{where}: address", entry.address),
+            entry.novote,
+            _tags("PEERS", entry.tags),
+        )
+    if isinstance(entry, str):
+        node_id, sep, address = entry.strip().partition("=")
+        if not sep or not node_id.strip() or not address.strip():
+            raise _error(f"{where} is not 'id=url': write each peer like 'n2=http://10.0.0.2:5000'")
+        return core.Peer(
+            _node_id(f"{where}: id", node_id.strip()), _address(f"{where}: address", address)
+        )
+    if isinstance(entry, Mapping):
+        unknown = sorted(str(k) for k in entry if k not in ("id", "address", "novote", "tags"))
+        if unknown:
+            raise _error(
+                f"{where} has unknown field(s) {', '.join(unknown)}: a peer dict has"
+                " 'id', 'address' and optionally 'novote' and 'tags'"
+            )
+        if "id" not in entry or "address" not in entry:
+            raise _error(f"{where} needs both 'id' and 'address'")
+        try:
+            tags = validate_tags(entry.get("tags") or {}, f"{where}: tags")
+        except MessageError as exc:
+            raise _error(str(exc)) from None
+        return core.Peer(
+            _node_id(f"{where}: id", entry["id"]),
+            _address(f"{where}: address", entry["address"]),
+            _boolean("PEERS", entry.get("novote", False)),
+            tags,
+        )
+    raise _error(
+        f"{where} must be an 'id=url' string or a dict with 'id' and 'address',"
+        f" not {type(entry).__name__}"
+    )
+
+
+def _peers(value: object) -> list[core.Peer]:
+    if value is None:
+        return []
+    entries: Iterable[object]
+    if isinstance(value, str):
+        entries = [item for item in (s.strip() for s in value.split(",")) if item]
+    elif isinstance(value, Mapping):
+        # {"n1": "http://...", "n2": {"address": ..., "novote": True}}
+        entries = [
+            {"id": k, **v} if isinstance(v, Mapping) else f"{k}={v}" for k, v in value.items()
+        ]
+    elif isinstance(value, (list, tuple)):
+        entries = value
+    else:
+        raise _error(
+            f"{key('PEERS')} must be a list of 'id=url' strings or dicts, or one"
+            f" comma-separated string, not {type(value).__name__}"
+        )
+    peers = [_peer_entry(i, e) for i, e in enumerate(entries)]
+    seen_ids: dict[str, core.Peer] = {}
+    seen_addresses: dict[str, str] = {}
+    for peer in peers:
+        if peer.id in seen_ids:
+            raise _error(
+                f"{key('PEERS')} lists node {peer.id!r} twice ({seen_ids[peer.id].address!r}"
+                f" and {peer.address!r}): list each node once, with its one address"
+            )
+        seen_ids[peer.id] = peer
+        other = seen_addresses.get(peer.address.lower())
+        if other is not None:
+            raise _error(
+                f"{key('PEERS')} gives the address {peer.address!r} to both {other!r} and"
+                f" {peer.id!r}: each node has its own address"
+            )
+        seen_addresses[peer.address.lower()] = peer.id
+    return peers
+
+
+def _url_prefix(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise _error(
+            f"{key('URL_PREFIX')} must be a path starting with '/', like '/_goelect', not {value!r}"
+        )
+    return value.rstrip("/")
+
+
+def _follower_response(value: object) -> str:
+    text = str(value).strip().lower()
+    if text in ("503", "redirect"):
+        return text
+    raise _error(f"{key('FOLLOWER_RESPONSE')} must be '503' or 'redirect', not {value!r}")
+
+
+def _warn_unknown(config: Mapping[str, Any]) -> None:
+    for name in config:
+        if isinstance(name, str) and name.startswith(PREFIX) and name[len(PREFIX) :] not in KEYS:
+            close = difflib.get_close_matches(name[len(PREFIX) :], sorted(KEYS), n=1)
+            hint = f"; did you mean {key(close[0])}?" if close else ""
+            logger.warning("flask-goelect does not know the config key %s%s", name, hint)
+
+
+def load_settings(
+    config: Mapping[str, Any], options: Mapping[str, Any], instance_path: str
+) -> Settings:
+    """Check the ``GOELECT_*`` keys of ``config``, overridden by ``options``.
+
+    ``options`` are the lower-case keyword options given to ``LeaderElect``.
+    Raises :class:`~flask_goelect.core.ConfigError` naming the key and the fix.
+    """
+    _warn_unknown(config)
+    raw: dict[str, Any] = {}
+    for name, default in DEFAULTS.items():
+        raw[name] = config.get(key(name), default)
+    explicit_prefix = key("URL_PREFIX") in config
+    for name, value in options.items():
+        raw[name.upper()] = value
+        explicit_prefix = explicit_prefix or name.upper() == "URL_PREFIX"
+
+    if raw["NODE_ID"] in (None, ""):
+        raise _error(
+            f"{key('NODE_ID')} is not set: give this node an id unique in the cluster,"
+            " like 'n1', and list every node in GOELECT_PEERS"
+        )
+    node_id = _node_id(key("NODE_ID"), raw["NODE_ID"])
+    peers = _peers(raw["PEERS"])
+    listed = next((p for p in peers if p.id == node_id), None)
+
+    address_value = raw["NODE_ADDRESS"]
+    if address_value in (None, ""):
+        if listed is None:
+            raise _error(
+                f"{key('NODE_ADDRESS')} is not set: set it to the base URL peers reach this"
+                f" node at, like 'http://10.0.0.1:5000', or list this node in"
+                f" {key('PEERS')} as '{node_id}=http://10.0.0.1:5000'"
+            )
+        address = listed.address
+    else:
+        address = _address(key("NODE_ADDRESS"), address_value)
+    if listed is not None and listed.address != address:
+        raise _error(
+            f"node {node_id!r} is listed with two addresses: {key('NODE_ADDRESS')} is"
+            f" {address!r} but {key('PEERS')} says {listed.address!r}; use one address"
+        )
+    for peer in peers:
+        if peer.id != node_id and peer.address.lower() == address.lower():
+            raise _error(
+                f"{key('NODE_ADDRESS')} {address!r} is also the address of peer {peer.id!r}"
+                f" in {key('PEERS')}: each node has its own address (is {key('NODE_ID')}"
+                " right?)"
+            )
+
+    novote = _boolean("NOVOTE", raw["NOVOTE"])
+    if listed is not None and listed.novote != novote:
+        if key("NOVOTE") in config or "novote" in options:
+            raise _error(
+                f"{key('NOVOTE')} is {novote} but {key('PEERS')} lists node {node_id!r} with"
+                f" novote={listed.novote}; make them agree"
+            )
+        novote = listed.novote
+    tags = _tags("TAGS", raw["TAGS"])
+    if not tags and listed is not None:
+        tags = dict(listed.tags)
+
+    heartbeat = _number("HEARTBEAT_INTERVAL", raw["HEARTBEAT_INTERVAL"], "milliseconds") / 1000
+    elect_timeout = _number("ELECT_TIMEOUT", raw["ELECT_TIMEOUT"], "milliseconds") / 1000
+    if heartbeat * 2 > elect_timeout:
+        raise _error(
+            f"{key('HEARTBEAT_INTERVAL')} ({heartbeat * 1000:g} ms) must be well below"
+            f" {key('ELECT_TIMEOUT')} ({elect_timeout * 1000:g} ms): at most half of it, or a"
+            " single lost heartbeat starts an election; a tenth is a good choice"
+            f" (e.g. {elect_timeout * 100:g} ms)"
+        )
+    connect_timeout = _number("CONNECT_TIMEOUT", raw["CONNECT_TIMEOUT"], "seconds")
+    callback_timeout = _number("CALLBACK_TIMEOUT", raw["CALLBACK_TIMEOUT"], "seconds")
+
+    drift = raw["MAX_DRIFT"]
+    if isinstance(drift, str):
+        try:
+            drift = float(drift)
+        except ValueError:
+            pass
+    if isinstance(drift, bool) or not isinstance(drift, (int, float)) or not (0 <= drift < 0.5):
+        raise _error(
+            f"{key('MAX_DRIFT')} must be a fraction in [0, 0.5), like 0.01 for clocks whose"
+            f" rates differ by at most 1%, not {raw['MAX_DRIFT']!r}"
+        )
+
+    state_file = raw["STATE_FILE"]
+    if state_file in (None, ""):
+        state_file = os.path.join(instance_path, f"goelect-{node_id}.json")
+    elif isinstance(state_file, (str, os.PathLike)):
+        state_file = os.fspath(state_file)
+    else:
+        raise _error(
+            f"{key('STATE_FILE')} must be a file path (or {MEMORY!r} for tests),"
+            f" not {type(state_file).__name__}"
+        )
+
+    try:
+        election = core.Config(
+            node_id=node_id,
+            peers=tuple(peers),
+            address=address,
+            novote=novote,
+            tags=tags,
+            elect_timeout=elect_timeout,
+            heartbeat_interval=heartbeat,
+            max_drift=float(drift),
+        )
+    except core.ConfigError as exc:
+        text = str(exc)
+        if "no voters" in text:
+            where = f"{key('PEERS')} / {key('NOVOTE')}"
+        elif "tags" in text:
+            where = f"{key('TAGS')} / {key('PEERS')}"
+        else:
+            where = f"{key('PEERS')} / {key('NODE_ID')}"
+        raise _error(f"{where}: {text}") from None
+
+    return Settings(
+        node_id=node_id,
+        node_address=address,
+        election=election,
+        connect_timeout=connect_timeout,
+        callback_timeout=callback_timeout,
+        url_prefix=_url_prefix(raw["URL_PREFIX"]),
+        url_prefix_explicit=explicit_prefix,
+        state_file=None if state_file == MEMORY else str(state_file),
+        autostart=_boolean("AUTOSTART", raw["AUTOSTART"]),
+        follower_response=_follower_response(raw["FOLLOWER_RESPONSE"]),
+        raw=raw,
+    )

@@ -1,0 +1,203 @@
+"""``@leader_only``: run code on exactly one replica, the leader holding a valid lease.
+
+Two decorators, one rule:
+
+* :func:`leader_only` (``from flask_goelect import leader_only``) for **views**.
+  On a node that is not the leader it answers ``503`` with a JSON body naming
+  the leader and a ``Retry-After`` header, or, with
+  ``GOELECT_FOLLOWER_RESPONSE = "redirect"``, a ``307`` redirect to the same
+  path on the leader (``503`` when no leader is known).
+* ``elect.leader_only`` (a method of :class:`~flask_goelect.LeaderElect`) for
+  **jobs** called outside requests (schedulers, threads, commands). On a node
+  that is not the leader the call is skipped and returns None, or raises
+  :exc:`NotLeader` with ``@elect.leader_only(raise_on_follower=True)``.
+
+The check is the leader's **lease** on the monotonic clock, read at the moment
+of the call: a leader paused (GC, SIGSTOP, an overloaded host) past its lease
+does not run the function when it wakes, even before it has heard of the new
+leader.
+
+**The fencing token.** Inside a decorated function (view or job, sync or async)
+:func:`current_term` returns the term the check passed in. Pass it to whatever
+the function writes to, so that the store can refuse a write from an older
+term: a lease only says that no other node *was* leader at the moment of the
+check; the token protects what happens after it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flask import current_app, request
+
+from .core import LeaderInfo, NotLeaderError
+
+if TYPE_CHECKING:
+    from .extension import ExtensionState, LeaderElect
+
+__all__ = ["NotLeader", "current_term", "leader_only"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_TERM: contextvars.ContextVar[int] = contextvars.ContextVar("goelect_term")
+
+
+class NotLeader(NotLeaderError):
+    """Raised by ``@elect.leader_only(raise_on_follower=True)`` on a non-leader.
+
+    ``leader`` is the leader this node knows (``id``, ``address``, ``tags``) or
+    None; ``term`` is this node's term; ``node_id`` is this node's id.
+    """
+
+    def __init__(self, node_id: str, term: int, leader: LeaderInfo | None) -> None:
+        self.node_id = node_id
+        self.term = term
+        self.leader = leader
+        where = (
+            f"the leader is {leader.id!r} at {leader.address!r}" if leader else "no leader is known"
+        )
+        super().__init__(f"node {node_id!r} is not the leader (term {term}); {where}")
+
+
+def current_term() -> int:
+    """The term (fencing token) of the ``@leader_only`` call in progress.
+
+    :raises RuntimeError: called outside a function decorated with
+        ``@leader_only`` or ``@elect.leader_only``.
+    """
+    try:
+        return _TERM.get()
+    except LookupError:
+        raise RuntimeError(
+            "current_term() is only known inside a function decorated with @leader_only"
+            " or @elect.leader_only; elsewhere read elect.term"
+        ) from None
+
+
+def _state_of_current_app() -> ExtensionState:
+    try:
+        state: ExtensionState = current_app.extensions["goelect"]
+    except KeyError:
+        raise RuntimeError(
+            "@leader_only needs flask-goelect on this app: call LeaderElect(app) or"
+            " elect.init_app(app)"
+        ) from None
+    return state
+
+
+def _leader_of(snap: Any) -> LeaderInfo | None:
+    if snap.leader_id is None:
+        return None
+    return LeaderInfo(snap.leader_id, snap.leader_address or "", snap.leader_tags or {})
+
+
+def _follower_response(state: ExtensionState, snap: Any) -> Any:
+    from .views import error_response, json_response
+
+    settings = state.settings
+    leader = _leader_of(snap)
+    # Elsewhere than the leader we cannot tell its lease apart from a dead
+    # leader's: a leader known but not this node is worth trying.
+    elsewhere = leader is not None and leader.id != settings.node_id and leader.address
+    if settings.follower_response == "redirect" and elsewhere:
+        assert leader is not None
+        location = leader.address.rstrip("/") + request.path
+        if request.query_string:
+            location += "?" + request.query_string.decode("latin-1")
+        response = error_response(
+            307, "not_leader", f"this node is not the leader; ask {leader.id!r} at {location}"
+        )
+        response.headers["Location"] = location
+        return response
+    # An election takes one to two election timeouts; a known leader is
+    # reachable now.
+    retry_after = 1 if elsewhere else max(1, math.ceil(2 * settings.elect_timeout))
+    if elsewhere:
+        assert leader is not None
+        message = (
+            f"node {settings.node_id!r} is not the leader; send this request to the leader"
+            f" {leader.id!r} at {leader.address}"
+        )
+    else:
+        message = (
+            f"node {settings.node_id!r} is not the leader and no leader is known (an election"
+            f" may be in progress); retry in {retry_after}s"
+        )
+    body = {
+        "error": "not_leader",
+        "message": message,
+        "node_id": settings.node_id,
+        "state": snap.state,
+        "term": snap.term,
+        "leader": (
+            {"id": leader.id, "address": leader.address or None} if leader is not None else None
+        ),
+    }
+    return json_response(body, 503, {"Retry-After": str(retry_after)})
+
+
+def leader_only(func: F) -> F:
+    """Decorate a view so that it runs only on the leader holding a valid lease.
+
+    Uses the flask-goelect extension of ``current_app``. Works on ``async def``
+    views (through ``current_app.ensure_sync``). Inside the view,
+    :func:`current_term` is the fencing token.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        state = _state_of_current_app()
+        snap = state.elector.snapshot
+        if not snap.is_leader():
+            return _follower_response(state, snap)
+        token = _TERM.set(snap.term)
+        try:
+            return current_app.ensure_sync(func)(*args, **kwargs)
+        finally:
+            _TERM.reset(token)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _job_wrapper(elect: LeaderElect, func: F, raise_on_follower: bool) -> F:
+    """The wrapper behind ``elect.leader_only`` (kept lean: it runs on every call)."""
+    resolve = elect._state_of_current_app
+
+    def refuse(state: ExtensionState, snap: Any) -> None:
+        if raise_on_follower:
+            raise NotLeader(state.settings.node_id, snap.term, _leader_of(snap))
+
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            state = elect._single or resolve()
+            snap = state.elector.snapshot
+            if not snap.is_leader():
+                return refuse(state, snap)
+            token = _TERM.set(snap.term)
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                _TERM.reset(token)
+
+        return async_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        state = elect._single or resolve()
+        snap = state.elector.snapshot
+        if not snap.is_leader():
+            return refuse(state, snap)
+        token = _TERM.set(snap.term)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _TERM.reset(token)
+
+    return wrapper  # type: ignore[return-value]
