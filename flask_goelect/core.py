@@ -271,6 +271,7 @@ class Node:
         self._rng = rng
         self._T = float(config.elect_timeout)
         self._voter = self.id in config.voters
+        self._members = frozenset(p.id for p in config.peers)
         self._others = tuple(p.id for p in config.peers if p.id != self.id)
         self._other_voters = tuple(v for v in self._others if v in config.voters)
         me = config.peer(self.id)
@@ -299,6 +300,7 @@ class Node:
         self._seq = 0
         self._round_sent: dict[int, float] = {}
         self._acked_seq: dict[str, int] = {}
+        self._lease_seq = 0  # the round the current lease counts from
         self._last_ack: dict[str, float] = {}
         self._heartbeat_due = math.inf
         self._leader_since = 0.0
@@ -351,7 +353,7 @@ class Node:
     def step(self, msg: Request | Reply, now: float) -> Output:
         """Handle one message from a peer; a request's answer is in ``output.reply``."""
         self._begin(now)
-        if msg.sender == self.id or self.config.peer(msg.sender) is None:
+        if msg.sender == self.id or msg.sender not in self._members:
             # Not a member (or ourselves): answer requests without touching any state.
             if isinstance(msg, (VoteRequest, Heartbeat, TimeoutNow)):
                 self._reject(msg, "sender is not a member of this cluster")
@@ -496,7 +498,8 @@ class Node:
         self._last_ack[msg.sender] = self._now
         if msg.sender in self.config.voters and msg.seq > self._acked_seq.get(msg.sender, 0):
             self._acked_seq[msg.sender] = msg.seq
-            self._update_lease()
+            if msg.seq > self._lease_seq:
+                self._update_lease()
 
     # -- leader ----------------------------------------------------------------
 
@@ -520,7 +523,8 @@ class Node:
         )
         seq = acks[self.config.quorum - 1]
         sent = self._round_sent.get(seq)
-        if sent is not None:
+        if sent is not None and seq > self._lease_seq:
+            self._lease_seq = seq
             until = self._lease_base(seq, sent) + self._T * (1.0 - self.config.max_drift)
             if until > self.lease_until:
                 self.lease_until = until
@@ -580,6 +584,7 @@ class Node:
         self._leader_address = self._me.address
         self._leader_tags = self._me.tags
         self._leader_since = self._now
+        self._lease_seq = 0
         self._acked_seq = {}
         self._last_ack = {}
         self._round_sent = {}

@@ -369,7 +369,6 @@ class Simulation:
             self.lease_real[i] = 0.0
             self.lease_local[i] = 0.0
         for to, msg in out.messages:
-            self._note(nid, "send", to, msg)
             self._send(i, self.index[to], msg, None)
         if reply is not None and requester is not None:
             self._send(i, requester, reply, received)
