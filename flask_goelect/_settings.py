@@ -280,22 +280,32 @@ def _warn_unknown(config: Mapping[str, Any]) -> None:
             logger.warning("flask-goelect does not know the config key %s%s", name, hint)
 
 
+def explicit_keys(config: Mapping[str, Any], options: Mapping[str, Any]) -> frozenset[str]:
+    """The keys (without prefix) the user set, in ``config`` or as options."""
+    return frozenset(n for n in DEFAULTS if key(n) in config or n.lower() in options)
+
+
 def load_settings(
-    config: Mapping[str, Any], options: Mapping[str, Any], instance_path: str
+    config: Mapping[str, Any],
+    options: Mapping[str, Any],
+    instance_path: str,
+    explicit: frozenset[str] | None = None,
 ) -> Settings:
     """Check the ``GOELECT_*`` keys of ``config``, overridden by ``options``.
 
-    ``options`` are the lower-case keyword options given to ``LeaderElect``.
-    Raises :class:`~flask_goelect.core.ConfigError` naming the key and the fix.
+    ``options`` are the lower-case keyword options given to ``LeaderElect``;
+    ``explicit`` the keys the user set (default: those in ``config`` or
+    ``options``). Raises :class:`~flask_goelect.core.ConfigError` naming the key
+    and the fix.
     """
     _warn_unknown(config)
+    if explicit is None:
+        explicit = explicit_keys(config, options)
     raw: dict[str, Any] = {}
     for name, default in DEFAULTS.items():
         raw[name] = config.get(key(name), default)
-    explicit_prefix = key("URL_PREFIX") in config
     for name, value in options.items():
         raw[name.upper()] = value
-        explicit_prefix = explicit_prefix or name.upper() == "URL_PREFIX"
 
     if raw["NODE_ID"] in (None, ""):
         raise _error(
@@ -332,7 +342,7 @@ def load_settings(
 
     novote = _boolean("NOVOTE", raw["NOVOTE"])
     if listed is not None and listed.novote != novote:
-        if key("NOVOTE") in config or "novote" in options:
+        if "NOVOTE" in explicit:
             raise _error(
                 f"{key('NOVOTE')} is {novote} but {key('PEERS')} lists node {node_id!r} with"
                 f" novote={listed.novote}; make them agree"
@@ -405,7 +415,7 @@ def load_settings(
         connect_timeout=connect_timeout,
         callback_timeout=callback_timeout,
         url_prefix=_url_prefix(raw["URL_PREFIX"]),
-        url_prefix_explicit=explicit_prefix,
+        url_prefix_explicit="URL_PREFIX" in explicit,
         state_file=None if state_file == MEMORY else str(state_file),
         autostart=_boolean("AUTOSTART", raw["AUTOSTART"]),
         follower_response=_follower_response(raw["FOLLOWER_RESPONSE"]),

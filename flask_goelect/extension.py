@@ -26,7 +26,7 @@ from flask.blueprints import BlueprintSetupState
 
 from . import core, signals, views
 from ._lock import LockError, StateFileLock
-from ._settings import DEFAULTS, MEMORY, Settings, key, load_settings
+from ._settings import DEFAULTS, MEMORY, Settings, explicit_keys, key, load_settings
 from .decorators import NotLeader, _job_wrapper
 from .messages import Reply, Request
 
@@ -97,6 +97,12 @@ class StaticSnapshot:
             return False
         return (time.monotonic() if now is None else now) < self.lease_until
 
+    @property
+    def leader(self) -> core.LeaderInfo | None:
+        if self.leader_id is None:
+            return None
+        return core.LeaderInfo(self.leader_id, self.leader_address, self.leader_tags)
+
 
 class _Idle:
     """Stands in for the elector before the first start: a stopped node."""
@@ -165,6 +171,8 @@ class ExtensionState:
         self._file_lock: StateFileLock | None = None
         self._tasks: list[Callable[[Any], Any]] = []
         self._restart_after_fork = False
+        #: (state, leader id, term) of the last change signalled, for the stop signals.
+        self._last_signalled: tuple[str, str | None, int] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -196,6 +204,8 @@ class ExtensionState:
         with self._lock:
             if self._real is not None and self._real.running:
                 return
+            # An elector that stopped by itself (its storage failed) left its lock.
+            self._release()
             if not self.routes_ready:
                 raise RuntimeError(
                     "the election routes are not mounted yet: register the blueprint given"
@@ -228,7 +238,6 @@ class ExtensionState:
                     on_transition=self._on_transition,
                     callback_timeout=s.callback_timeout,
                     rpc_timeout=(s.connect_timeout, _read_timeout(s)),
-                    logger=logging.getLogger(f"flask_goelect.elector.{s.node_id}"),
                 )
                 for task in self._tasks:
                     elector.leader_task(task)
@@ -257,20 +266,50 @@ class ExtensionState:
                 elector.stop(transfer=transfer, timeout=timeout)
             finally:
                 self._release()
+            self._signal_stopped(elector)
+
+    def _signal_stopped(self, elector: Any) -> None:
+        """Send ``leave_<state>`` (and ``leader_changed``) for a stop.
+
+        The runner reports changes of the election only; without this, a node
+        stopped while leading would never get ``leave_leader``. Bounded by the
+        callback timeout like every other dispatch.
+        """
+        last, self._last_signalled = self._last_signalled, None
+        if last is None:
+            return
+        state, leader_id, term = last
+        if state not in signals.LEAVE and leader_id is None:
+            return
+        record = _runner().ErrorRecord
+
+        def run() -> None:
+            try:
+                self.send_signals(
+                    previous_state=state,
+                    state="stopped",
+                    term=term,
+                    leader_id=None,
+                    previous_leader_id=leader_id,
+                    reason="the elector stopped",
+                )
+            except Exception as exc:
+                elector.errors.append(record(time.time(), "callback", repr(exc)))
+
+        worker = threading.Thread(target=run, name="goelect-stop-signals", daemon=True)
+        worker.start()
+        worker.join(self.settings.callback_timeout)
+        if worker.is_alive():
+            elector.errors.append(
+                record(
+                    time.time(),
+                    "callback-timeout",
+                    f"signals of the stop overran {self.settings.callback_timeout:g}s",
+                )
+            )
 
     def _release(self) -> None:
-        elector = self._real
-        if elector is not None:
-            for resource in (
-                getattr(elector, "storage", None),
-                getattr(elector, "transport", None),
-            ):
-                close = getattr(resource, "close", None)
-                if close is not None:
-                    try:
-                        close()
-                    except Exception:  # pragma: no cover - best effort
-                        logger.exception("flask-goelect: closing %r failed", resource)
+        # The runner closes the storage and transport of a stopped elector.
         if self._file_lock is not None:
             self._file_lock.release()
             self._file_lock = None
@@ -289,12 +328,9 @@ class ExtensionState:
         if self._file_lock is not None:  # pragma: no cover - the parent released it
             self._file_lock.forget_after_fork()
             self._file_lock = None
-        elector = self._real
-        if elector is not None:
-            try:
-                elector.reset_after_fork()
-            except Exception:  # pragma: no cover
-                logger.exception("flask-goelect: resetting the elector after fork failed")
+        # The parent stopped its elector (closing its storage and transport) so
+        # that it no longer holds the lock the child inherits: the child starts a
+        # new elector (the runner has already reset the stopped one's state).
         if self._restart_after_fork:
             self._restart_after_fork = False
             try:
@@ -439,6 +475,8 @@ class ExtensionState:
         app = self._app()
         if app is None:  # pragma: no cover
             return
+        if state != "stopped":
+            self._last_signalled = (state, leader_id, term)
         kwargs = {
             "term": term,
             "state": state,
@@ -471,8 +509,18 @@ class ExtensionState:
                             "flask-goelect: receiver %r of %s failed", receiver, signal.name
                         )
                         failures.append(exc)
-        if failures:
+        if len(failures) == 1:
             raise failures[0]
+        if failures:
+            raise ReceiverErrors(failures)
+
+
+class ReceiverErrors(Exception):
+    """Several signal receivers failed on one change; ``errors`` has each exception."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors = errors
+        super().__init__(f"{len(errors)} signal receivers failed: " + "; ".join(map(repr, errors)))
 
 
 def _read_timeout(settings: Settings) -> float:
@@ -592,9 +640,10 @@ class LeaderElect:
                 "A 'LeaderElect' instance has already been registered on this Flask app."
                 " Import and use that instance instead."
             )
+        explicit = explicit_keys(app.config, self.options)
         for name, default in DEFAULTS.items():
             app.config.setdefault(key(name), default)
-        settings = load_settings(app.config, self.options, app.instance_path)
+        settings = load_settings(app.config, self.options, app.instance_path, explicit)
         state = ExtensionState(self, app, settings)
 
         if self.blueprint is None:

@@ -15,7 +15,7 @@ Every signal is sent with the application (the real object, not the
     The election term after the change: the fencing token.
 ``state``
     This node's state after the change: ``"leader"``, ``"follower"``,
-    ``"candidate"`` or ``"observer"``.
+    ``"candidate"``, ``"observer"``, or ``"stopped"`` when the elector stops.
 ``previous_state``
     Its state before the change.
 ``leader_id``
@@ -37,7 +37,10 @@ the election.
 For one change the signals are sent in this order: ``leave_<old state>``,
 ``enter_<new state>``, then ``leader_changed`` if the known leader changed. An
 observer (a no-vote node) has no enter/leave signals of its own; it gets
-``leader_changed``.
+``leader_changed``. When the elector stops, the last state entered is left
+(``state="stopped"``, ``leader_id=None``): a leader stopped without a
+hand-over still gets ``leave_leader``. A pre-candidate (asking for pre-votes)
+counts as a candidate.
 
 Note that a node leaving ``leader`` has already stopped being the leader (its
 lease is gone) when ``leave_leader`` is received: stop leader-only work there,

@@ -1,0 +1,163 @@
+"""flask-testing 0.8.1 on Flask 3.1, and shared helpers for the Flask glue tests.
+
+Two parts of flask-testing 0.8.1 break on current Flask and Werkzeug:
+
+* ``assertRedirects`` compares ``response.location`` with an absolute URL, but
+  Werkzeug (2.1+) no longer makes ``Location`` absolute, and it does not know
+  308. The shim resolves both sides against the request's URL.
+* ``render_templates = False`` replaces ``flask.templating._render`` with a
+  function whose arguments are in the old order ``(template, context, app)``;
+  Flask 3 calls ``_render(app, template, context)``. The shim installs one with
+  the new order.
+
+Use :class:`TestCase` from here instead of ``flask_testing.TestCase``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urljoin
+
+import flask_testing
+import pytest
+from flask import Flask, templating
+from flask.signals import template_rendered
+
+__all__ = ["LiveServer", "TestCase", "free_port", "make_app", "no_leaked_context", "wait_until"]
+
+REDIRECT_CODES = (301, 302, 303, 305, 307, 308)
+
+
+def _empty_render(app: Flask, template: Any, context: dict[str, Any]) -> str:
+    template_rendered.send(app, template=template, context=context)
+    return ""
+
+
+class TestCase(flask_testing.TestCase):  # type: ignore[misc]
+    """``flask_testing.TestCase`` with ``assertRedirects`` and ``render_templates`` fixed."""
+
+    def _pre_setup(self) -> None:
+        super()._pre_setup()
+        if not self.render_templates:
+            # flask-testing saved the real one and installed its broken stub.
+            templating._render = _empty_render  # type: ignore[assignment]
+
+    def assertRedirects(self, response: Any, location: str, message: str | None = None) -> None:  # noqa: N802
+        base = f"http://{self.app.config.get('SERVER_NAME') or 'localhost'}/"
+        self.assertIn(
+            response.status_code,
+            REDIRECT_CODES,
+            message or f"HTTP redirect expected, got {response.status_code}",
+        )
+        self.assertEqual(urljoin(base, response.location), urljoin(base, location), message)
+
+    assert_redirects = assertRedirects
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_context() -> Iterator[None]:
+    """Fail a test that leaves an app or request context pushed."""
+    from flask import globals as flask_globals
+
+    before = flask_globals._cv_app.get(None)
+    yield
+    after = flask_globals._cv_app.get(None)
+    assert after is before, "the test leaked a pushed app/request context"
+
+
+def make_app(node_id: str = "n1", **config: Any) -> Flask:
+    """A Flask app configured for one node of a three-node cluster, not started."""
+    app = Flask(f"goelect_test_{node_id}")
+    app.config.update(
+        TESTING=True,
+        GOELECT_NODE_ID=node_id,
+        GOELECT_PEERS=[
+            "n1=http://127.0.0.1:1/",
+            "n2=http://127.0.0.2:1/",
+            "n3=http://127.0.0.3:1/",
+        ],
+        GOELECT_AUTOSTART=False,
+        GOELECT_STATE_FILE=":memory:",
+    )
+    app.config.update(config)
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.01) -> Any:
+    """Poll ``predicate`` until it returns something true; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class LiveServer:
+    """A ``gevent.pywsgi`` server for one app, in a native thread with its own hub.
+
+    The test process is not monkey-patched: each server thread gets its own
+    gevent hub, and is stopped from the test's thread through an async watcher
+    (the one thread-safe way to wake another thread's hub).
+    """
+
+    def __init__(self, app: Flask, port: int) -> None:
+        self.app = app
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._ready = threading.Event()
+        self._stop_watcher: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"live-{port}", daemon=True)
+
+    def start(self) -> LiveServer:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the live server did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        import gevent
+        from gevent.pywsgi import WSGIServer
+
+        from flask_goelect.runner import NoDelayWSGIHandler
+
+        hub = gevent.get_hub()
+        try:
+            watcher = hub.loop.async_()
+            server = WSGIServer(
+                ("127.0.0.1", self.port), self.app, handler_class=NoDelayWSGIHandler, log=None
+            )
+            server.start()
+        except BaseException as exc:  # pragma: no cover - reported by start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._stop_watcher = watcher
+        self._ready.set()
+        try:
+            hub.wait(watcher)
+        finally:
+            server.stop(timeout=1)
+            watcher.close()
+            hub.destroy(destroy_loop=True)
+
+    def stop(self) -> None:
+        if self._stop_watcher is not None and self._thread.is_alive():
+            self._stop_watcher.send()
+        self._thread.join(10)
