@@ -1,0 +1,648 @@
+"""Tests of the runner: Electors with real gevent, in memory and over real HTTP on loopback.
+
+The test process is not monkey-patched, so every Elector here runs its loop in
+its own native thread (the "unpatched" mode); the patched mode (the loop in the
+server's hub) is tested in a subprocess that monkey-patches itself. Timings are
+short (election timeout 0.2-0.6 s) and the assertions' bounds generous.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_transport import ServerThread, black_hole, rpc_app, wait_until
+
+from flask_goelect import core
+from flask_goelect.messages import (
+    Heartbeat,
+    Reply,
+    Request,
+    VoteReply,
+    VoteRequest,
+)
+from flask_goelect.runner import Elector, ElectorNotRunning, LeaderContext, Snapshot
+from flask_goelect.storage import MemoryStorage
+from flask_goelect.transport import HttpTransport, MemoryTransport, Transport
+
+IDS = ("n1", "n2", "n3")
+__all__ = ["black_hole"]  # a fixture shared with test_transport.py
+
+
+def config(node_id: str, peers: tuple[core.Peer, ...], t: float = 0.2, **kw: Any) -> core.Config:
+    return core.Config(node_id, peers, elect_timeout=t, heartbeat_interval=t / 4, **kw)
+
+
+class Cluster:
+    """Electors in one process; everything started is stopped at the end of the test."""
+
+    def __init__(self) -> None:
+        self.electors: dict[str, Elector] = {}
+        self.servers: dict[str, ServerThread] = {}
+        self.net = MemoryTransport()
+
+    def memory(
+        self, ids: tuple[str, ...] = IDS, t: float = 0.2, start: bool = True, **kw: Any
+    ) -> dict[str, Elector]:
+        peers = tuple(core.Peer(i, f"mem://{i}") for i in ids)
+        for node_id in ids:
+            elector = Elector(config(node_id, peers, t), MemoryStorage(), self.net, **kw)
+            self.net.register(node_id, elector.handle, elector.status)
+            self.electors[node_id] = elector
+        if start:
+            self.start()
+        return {i: self.electors[i] for i in ids}
+
+    def http(
+        self,
+        ids: tuple[str, ...] = IDS,
+        t: float = 0.2,
+        extra_peers: tuple[core.Peer, ...] = (),
+        received: dict[str, collections.Counter[str]] | None = None,
+        **kw: Any,
+    ) -> dict[str, Elector]:
+        listeners = {i: socket.create_server(("127.0.0.1", 0)) for i in ids}
+        peers = tuple(
+            core.Peer(i, f"http://127.0.0.1:{listeners[i].getsockname()[1]}") for i in ids
+        )
+        for node_id in ids:
+            cfg = config(node_id, peers + extra_peers, t)
+            elector = Elector(cfg, MemoryStorage(), HttpTransport(), **kw)
+            counts = received.setdefault(node_id, collections.Counter()) if received else None
+            app = rpc_app(elector, received=counts)
+            self.servers[node_id] = ServerThread(app, listeners[node_id], name=f"server-{node_id}")
+            self.servers[node_id].start()
+            self.electors[node_id] = elector
+        self.start()
+        return {i: self.electors[i] for i in ids}
+
+    def start(self) -> None:
+        for elector in self.electors.values():
+            elector.start()
+
+    def leader(self, timeout: float = 10.0) -> Elector:
+        """Wait until exactly one running node holds a lease and all running nodes follow it."""
+        found: list[Elector] = []
+
+        def agreed() -> bool:
+            running = [e for e in self.electors.values() if e.running]
+            leaders = [e for e in running if e.is_leader()]
+            if len(leaders) != 1:
+                return False
+            found[:] = leaders
+            return all(e.snapshot.leader_id == leaders[0].node_id for e in running)
+
+        assert wait_until(agreed, timeout), self.states()
+        return found[0]
+
+    def states(self) -> dict[str, tuple[str, int, str | None]]:
+        return {
+            i: (e.snapshot.state, e.snapshot.term, e.snapshot.leader_id)
+            for i, e in self.electors.items()
+        }
+
+    def close(self) -> None:
+        self.net.shutdown()
+        for elector in self.electors.values():
+            elector.stop(transfer=False, timeout=3)
+        for server in self.servers.values():
+            server.stop()
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    c = Cluster()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+# -- elections -------------------------------------------------------------------------------
+
+
+def test_three_nodes_in_memory_elect_one_leader(cluster):
+    electors = cluster.memory()
+    leader = cluster.leader()
+    term = leader.snapshot.term
+    time.sleep(0.5)  # more than two election timeouts: the leader holds on
+    assert cluster.leader() is leader and leader.snapshot.term == term
+    snap = leader.snapshot
+    assert snap.state == "leader" and snap.lease_until > time.monotonic()
+    assert snap.voters == IDS and snap.observers == ()
+    followers = [e for e in electors.values() if e is not leader]
+    assert all(e.snapshot.state == "follower" and not e.is_leader() for e in followers)
+    status = followers[0].status()
+    assert status["leader_id"] == leader.node_id and status["state"] == "follower"
+    assert status["last_contact"][leader.node_id] < 0.2
+    assert leader.status()["lease_remaining"] > 0
+
+
+def test_unpatched_mode_runs_the_loop_in_its_own_thread(cluster):
+    electors = cluster.memory()
+    assert {e.mode for e in electors.values()} == {"thread"}
+    loops = [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("goelect-") and t.name.endswith("-loop")
+    ]
+    assert len(loops) == 3 and threading.main_thread() not in loops
+    leader = cluster.leader()
+    # The main thread blocks natively; the election goes on without it.
+    before = sum(n for (src, _, kind), n in cluster.net.delivered.items() if kind == "heartbeat")
+    time.sleep(0.5)
+    after = sum(n for (src, _, kind), n in cluster.net.delivered.items() if kind == "heartbeat")
+    assert after - before >= 8  # 2 followers x 10 rounds at 50 ms, generously
+    assert leader.is_leader()
+
+
+def test_observer_follows_and_never_votes(cluster):
+    peers = (core.Peer("n1"), core.Peer("n2"), core.Peer("n3", novote=True))
+    for node_id in ("n1", "n2", "n3"):
+        cfg = core.Config(
+            node_id, peers, novote=node_id == "n3", elect_timeout=0.2, heartbeat_interval=0.05
+        )
+        elector = Elector(cfg, MemoryStorage(), cluster.net)
+        cluster.net.register(node_id, elector.handle)
+        cluster.electors[node_id] = elector
+    cluster.start()
+    leader = cluster.leader()
+    observer = cluster.electors["n3"]
+    assert leader.node_id != "n3"
+    assert observer.snapshot.state == "observer" and observer.snapshot.leader_id == leader.node_id
+    assert observer.snapshot.observers == ("n3",) and observer.snapshot.voters == ("n1", "n2")
+
+
+def test_three_nodes_over_http_elect_and_fail_over(cluster):
+    electors = cluster.http()
+    leader = cluster.leader()
+    term = leader.snapshot.term
+    # The leader goes away: its elector and its server stop, nothing is handed over.
+    t0 = time.monotonic()
+    leader.stop(transfer=False)
+    cluster.servers[leader.node_id].stop()
+    others = [e for e in electors.values() if e is not leader]
+    assert wait_until(lambda: any(e.is_leader() for e in others), 10), cluster.states()
+    elapsed = time.monotonic() - t0
+    new = next(e for e in others if e.is_leader())
+    assert new.snapshot.term > term
+    assert wait_until(lambda: all(e.snapshot.leader_id == new.node_id for e in others), 5)
+    assert elapsed < 5  # typically 0.3-0.6 s at T = 0.2 s
+    # The stopped node is reported unreachable, not fatal.
+    assert wait_until(lambda: new.status()["send_failures"][leader.node_id] > 0, 5)
+
+
+def test_black_holed_peer_does_not_delay_heartbeats_to_others(cluster, black_hole):
+    # n3 accepts connections and never answers. Its calls block until the 2 s read
+    # deadline; if sends were serial (goelect) the healthy follower would hear at
+    # most one heartbeat per 2 s instead of one per 50 ms.
+    received: dict[str, collections.Counter[str]] = {
+        "n1": collections.Counter(),
+        "n2": collections.Counter(),
+    }
+    cluster.http(
+        ("n1", "n2"),
+        t=0.3,
+        extra_peers=(core.Peer("n3", black_hole),),
+        received=received,
+        rpc_timeout=(0.5, 2.0),
+    )
+    leader = cluster.leader()
+    follower = next(i for i in ("n1", "n2") if i != leader.node_id)
+    before = received[follower]["Heartbeat"]
+    time.sleep(1.0)
+    heard = received[follower]["Heartbeat"] - before
+    assert heard >= 8, heard  # ~13 expected at a 75 ms interval
+    assert leader.is_leader()
+    assert leader.status()["last_contact"]["n3"] is None
+
+
+# -- persistence -------------------------------------------------------------------------------
+
+
+class RecordingStorage(MemoryStorage):
+    """A MemoryStorage that appends ("save", node, state) to a shared log after each save."""
+
+    def __init__(self, node_id: str, log: list[tuple[Any, ...]]) -> None:
+        super().__init__()
+        self.node_id = node_id
+        self.log = log
+
+    def save(self, state: core.HardState) -> None:
+        super().save(state)
+        self.log.append(("save", self.node_id, state))
+
+
+class LoggingTransport:
+    """Wraps a transport; logs ("send", from, to, msg) before and ("reply", ...) after."""
+
+    def __init__(self, inner: Transport, log: list[tuple[Any, ...]]) -> None:
+        self.inner = inner
+        self.log = log
+
+    def send(self, peer: core.Peer, msg: Request, timeout: tuple[float, float]) -> Reply:
+        self.log.append(("send", msg.sender, peer.id, msg))
+        reply = self.inner.send(peer, msg, timeout)
+        self.log.append(("reply", peer.id, msg.sender, reply))
+        return reply
+
+    def get_status(self, peer: core.Peer, timeout: tuple[float, float]) -> dict[str, Any]:
+        return self.inner.get_status(peer, timeout)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_votes_and_candidacies_are_saved_before_anyone_hears_of_them(cluster):
+    log: list[tuple[Any, ...]] = []
+    peers = tuple(core.Peer(i) for i in IDS)
+    for node_id in IDS:
+        elector = Elector(
+            config(node_id, peers),
+            RecordingStorage(node_id, log),
+            LoggingTransport(cluster.net, log),
+        )
+        cluster.net.register(node_id, elector.handle)
+        cluster.electors[node_id] = elector
+    cluster.start()
+    leader = cluster.leader()
+    leader.transfer_leadership()  # a second election, through a transfer
+    assert wait_until(lambda: (e := cluster.leader()) is not leader and e.snapshot.term > 1, 5)
+
+    def saved_before(index: int, node: str, ok: Callable[[core.HardState], bool]) -> bool:
+        return any(e[0] == "save" and e[1] == node and ok(e[2]) for e in log[:index])
+
+    checked = 0
+    for index, entry in enumerate(list(log)):
+        if entry[0] == "send" and isinstance(entry[3], VoteRequest) and not entry[3].pre_vote:
+            msg = entry[3]  # a candidacy is on disk before the candidate asks for votes
+            assert saved_before(
+                index,
+                msg.sender,
+                lambda s, m=msg: s.term > m.term or s == core.HardState(m.term, m.sender),
+            ), entry
+            checked += 1
+        if entry[0] == "reply" and isinstance(entry[3], VoteReply) and entry[3].granted:
+            reply, candidate = entry[3], entry[2]
+            if not reply.pre_vote:  # a vote is on disk before it leaves the voter
+                assert saved_before(
+                    index,
+                    reply.sender,
+                    lambda s, r=reply, c=candidate: (
+                        s.term > r.term or s == core.HardState(r.term, c)
+                    ),
+                ), entry
+                checked += 1
+    assert checked >= 4  # two elections: two candidacies and at least two votes
+
+
+class BlockingStorage(MemoryStorage):
+    """Holds every save until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def save(self, state: core.HardState) -> None:
+        self.entered.set()
+        assert self.release.wait(5)
+        super().save(state)
+
+
+def test_reply_waits_for_the_vote_to_be_saved(cluster):
+    storage = BlockingStorage()
+    elector = Elector(config("n1", tuple(core.Peer(i) for i in IDS), t=2.0), storage, cluster.net)
+    cluster.electors["n1"] = elector
+    elector.start()
+    replies: list[Reply] = []
+    thread = threading.Thread(target=lambda: replies.append(elector.handle(VoteRequest("n2", 1))))
+    thread.start()
+    assert storage.entered.wait(5)
+    time.sleep(0.1)
+    assert not replies  # the vote is not out before it is on disk
+    storage.release.set()
+    thread.join(5)
+    assert replies == [VoteReply("n1", 1, True, False)]
+    assert storage.state == core.HardState(1, "n2")
+
+
+class FailingStorage(MemoryStorage):
+    def save(self, state: core.HardState) -> None:
+        if state.term > 0:
+            raise OSError(28, "No space left on device")
+        super().save(state)
+
+
+def test_failed_save_stops_the_node_without_answering(cluster):
+    elector = Elector(
+        config("n1", tuple(core.Peer(i) for i in IDS), t=2.0), FailingStorage(), cluster.net
+    )
+    cluster.electors["n1"] = elector
+    elector.start()
+    with pytest.raises(OSError, match="No space"):
+        elector.handle(VoteRequest("n2", 1))
+    assert not elector.running and elector.snapshot.state == "stopped"
+    assert [e.kind for e in elector.errors] == ["storage"]
+    with pytest.raises(ElectorNotRunning):
+        elector.handle(Heartbeat("n2", 1, 1))
+
+
+def test_failed_save_of_a_candidacy_sends_no_vote_request(cluster):
+    asked: list[Request] = []
+
+    def granter(node_id: str) -> Callable[[Request], Reply]:
+        def handle(msg: Request) -> Reply:
+            asked.append(msg)
+            assert isinstance(msg, VoteRequest)
+            return VoteReply(node_id, msg.term, True, msg.pre_vote)
+
+        return handle
+
+    cluster.net.register("n2", granter("n2"))
+    cluster.net.register("n3", granter("n3"))
+    peers = tuple(core.Peer(i) for i in IDS)
+    elector = Elector(config("n1", peers, t=0.1), FailingStorage(), cluster.net)
+    cluster.electors["n1"] = elector
+    elector.start()
+    # The pre-vote wins; the candidacy (term 1, voted for itself) cannot be saved.
+    assert wait_until(lambda: not elector.running, 5)
+    assert asked and all(isinstance(m, VoteRequest) and m.pre_vote for m in asked)
+    assert "storage" in [e.kind for e in elector.errors]
+
+
+# -- callbacks ------------------------------------------------------------------------------------
+
+
+def test_failing_and_slow_callbacks_are_recorded_and_never_stall_the_election(cluster):
+    calls: list[tuple[str, core.Transition, Snapshot]] = []
+    lock = threading.Lock()
+
+    def make_callback(node_id: str) -> Callable[[core.Transition, Snapshot], None]:
+        def on_transition(transition: core.Transition, snap: Snapshot) -> None:
+            with lock:
+                calls.append((node_id, transition, snap))
+                n = len(calls)
+            if n == 1:
+                raise RuntimeError("receiver bug")
+            if n == 2:
+                time.sleep(1.0)  # overruns callback_timeout
+
+        return on_transition
+
+    peers = tuple(core.Peer(i) for i in IDS)
+    for node_id in IDS:
+        elector = Elector(
+            config(node_id, peers),
+            MemoryStorage(),
+            cluster.net,
+            on_transition=make_callback(node_id),
+            callback_timeout=0.2,
+        )
+        cluster.net.register(node_id, elector.handle)
+        cluster.electors[node_id] = elector
+    cluster.start()
+    leader = cluster.leader()
+    assert wait_until(lambda: len(calls) >= 5, 5)
+
+    def kinds() -> list[str]:
+        return sorted(r.kind for e in cluster.electors.values() for r in e.errors)
+
+    assert wait_until(lambda: kinds() == ["callback", "callback-timeout"], 5), kinds()
+    records = [r for e in cluster.electors.values() for r in e.errors]
+    assert any("receiver bug" in r.repr for r in records)
+    # Every node got its transitions in order, with the snapshot of the step.
+    leader_calls = [(t, s) for n, t, s in calls if n == leader.node_id]
+    assert leader_calls[-1][0].role is core.Role.LEADER and leader_calls[-1][1].state == "leader"
+    roles = [t.role for t, _ in leader_calls]
+    assert roles.index(core.Role.CANDIDATE) < roles.index(core.Role.LEADER)
+    # Transfer: the election goes on and the callbacks keep coming.
+    before = len(calls)
+    leader.transfer_leadership()
+    assert wait_until(lambda: len(calls) > before + 2, 5)
+    cluster.leader()
+
+
+# -- hand-over and stop -------------------------------------------------------------------------
+
+
+def test_stop_hands_leadership_over_well_within_an_election_timeout(cluster):
+    t = 0.6
+    electors = cluster.memory(t=t)
+    leader = cluster.leader()
+    term = leader.snapshot.term
+    others = [e for e in electors.values() if e is not leader]
+    t0 = time.monotonic()
+    leader.stop()  # transfer=True by default
+    assert wait_until(lambda: any(e.is_leader() for e in others), 5)
+    elapsed = time.monotonic() - t0
+    # Without the hand-over the followers would wait at least T (stickiness), then
+    # a random [T, 2T) timeout: more than 0.6 s. The hand-over takes milliseconds.
+    assert elapsed < t / 2, elapsed
+    new = next(e for e in others if e.is_leader())
+    assert new.snapshot.term == term + 1
+    assert leader.snapshot.state == "stopped" and not leader.running
+
+
+def test_transfer_leadership_to_a_chosen_node_and_errors(cluster):
+    electors = cluster.memory()
+    leader = cluster.leader()
+    follower = next(e for e in electors.values() if e is not leader)
+    with pytest.raises(core.NotLeaderError):
+        follower.transfer_leadership()
+    with pytest.raises(core.TransferError):
+        leader.transfer_leadership(to=leader.node_id)
+    assert leader.transfer_leadership(to=follower.node_id) == follower.node_id
+    assert not leader.is_leader()  # the lease is dropped at once
+    assert wait_until(follower.is_leader, 5)
+    assert cluster.leader() is follower
+
+
+def test_lifecycle(cluster):
+    electors = cluster.memory(ids=("n1",), start=False)
+    elector = electors["n1"]
+    assert not elector.running and elector.snapshot.state == "stopped" and elector.mode is None
+    with pytest.raises(ElectorNotRunning):
+        elector.handle(Heartbeat("n2", 1, 1))
+    assert elector.wait_for_leader(0.05) is None
+    elector.start()
+    elector.start()  # idempotent
+    info = elector.wait_for_leader(5)  # a one-node cluster elects itself
+    assert info is not None and info.id == "n1" and elector.is_leader()
+    elector.stop()
+    elector.stop()  # idempotent
+    assert not elector.running and elector.snapshot.state == "stopped" and not elector.is_leader()
+    assert elector.status()["state"] == "stopped"
+    with pytest.raises(RuntimeError, match="create a new Elector"):
+        elector.start()
+    with pytest.raises(ElectorNotRunning):
+        elector.transfer_leadership()
+    assert not [t for t in threading.enumerate() if t.name.startswith("goelect-n1-")]
+
+
+def test_is_leader_is_cheap(cluster):
+    elector = cluster.memory(ids=("n1",))["n1"]
+    assert elector.wait_for_leader(5) is not None
+    n = 100_000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        elector.is_leader()
+    per_call = (time.perf_counter() - t0) / n
+    assert per_call < 20e-6, per_call  # target 2 us; 10x margin for slow machines
+
+
+# -- leader tasks --------------------------------------------------------------------------------
+
+
+def test_leader_task_runs_while_leading_and_is_cancelled_on_loss(cluster):
+    events: list[tuple[Any, ...]] = []
+
+    def make_task(node_id: str) -> Callable[[LeaderContext], None]:
+        def task(ctx: LeaderContext) -> None:
+            events.append(("start", node_id, ctx.term, ctx.is_leader()))
+            ctx.cancelled.wait(10)
+            events.append(("cancelled", node_id, ctx.term, ctx.is_leader()))
+
+        return task
+
+    def crashing(ctx: LeaderContext) -> None:
+        raise ValueError("task bug")
+
+    electors = cluster.memory(start=False)
+    for node_id, elector in electors.items():
+        elector.leader_task(make_task(node_id))
+        elector.leader_task(crashing)
+    cluster.start()
+    leader = cluster.leader()
+    term = leader.snapshot.term
+    assert wait_until(lambda: ("start", leader.node_id, term, True) in events, 5), events
+    assert wait_until(lambda: any(r.kind == "leader-task" for r in leader.errors), 5)
+    # Cut the leader off: check-quorum makes it step down, and its task is cancelled.
+    cluster.net.isolate(leader.node_id)
+    assert wait_until(lambda: ("cancelled", leader.node_id, term, False) in events, 5), events
+    others = [e for e in electors.values() if e is not leader]
+    assert wait_until(lambda: any(e.is_leader() for e in others), 5)
+    new = next(e for e in others if e.is_leader())
+    assert wait_until(lambda: ("start", new.node_id, new.snapshot.term, True) in events, 5)
+    assert sum(1 for e in events if e[0] == "start") == 2
+
+
+# -- fork and patched mode ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_fork_child_forgets_the_parent_loop_and_can_restart(cluster):
+    elector = cluster.memory(ids=("n1",))["n1"]
+    assert elector.wait_for_leader(5) is not None
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads: that is the point here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit code, never return to pytest
+        code = 1
+        try:
+            if not elector.running and elector.snapshot.state == "stopped":
+                code = 2
+                elector.reset_after_fork()
+                if elector.running and elector.wait_for_leader(5) is not None:
+                    code = 0
+                    elector.stop(transfer=False)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert elector.running and elector.is_leader()  # the parent is unaffected
+
+
+PATCHED_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+
+    import json, socket, sys, time
+    import gevent
+    from gevent import pywsgi
+    sys.path.insert(0, sys.argv[1])
+    from test_transport import rpc_app
+    from flask_goelect import core
+    from flask_goelect.runner import Elector, NoDelayWSGIHandler
+    from flask_goelect.storage import MemoryStorage
+    from flask_goelect.transport import HttpTransport
+
+    ids = ("n1", "n2", "n3")
+    listeners = {i: socket.create_server(("127.0.0.1", 0)) for i in ids}
+    peers = tuple(core.Peer(i, "http://127.0.0.1:%d" % listeners[i].getsockname()[1]) for i in ids)
+    electors, servers, tasks = {}, [], {}
+
+    def task(ctx):
+        tasks[ctx.term] = gevent.getcurrent()
+        while True:
+            gevent.sleep(0.01)
+
+    for i in ids:
+        cfg = core.Config(i, peers, elect_timeout=0.2, heartbeat_interval=0.05)
+        electors[i] = Elector(cfg, MemoryStorage(), HttpTransport())
+        electors[i].leader_task(task)
+        server = pywsgi.WSGIServer(listeners[i], rpc_app(electors[i]),
+                                   handler_class=NoDelayWSGIHandler, log=None)
+        server.start()
+        servers.append(server)
+    for e in electors.values():
+        e.start()
+    modes = sorted({e.mode for e in electors.values()})
+    info = electors["n1"].wait_for_leader(10)
+    leader = electors[info.id]
+    deadline = time.monotonic() + 5
+    while leader.snapshot.term not in tasks and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    term = leader.snapshot.term
+    t0 = time.monotonic()
+    leader.stop()
+    others = [e for e in electors.values() if e is not leader]
+    while not any(e.is_leader() for e in others) and time.monotonic() - t0 < 5:
+        gevent.sleep(0.001)
+    handover = time.monotonic() - t0
+    gevent.sleep(0.05)
+    result = {
+        "modes": modes,
+        "handover": handover,
+        "new_leader": [e.node_id for e in others if e.is_leader()],
+        "old_task_killed": term in tasks and tasks[term].dead,
+        "errors": [r.repr for e in electors.values() for r in e.errors],
+    }
+    for e in others:
+        e.stop(transfer=False)
+    for s in servers:
+        s.stop(timeout=0.1)
+    print(json.dumps(result))
+    """
+)
+
+
+def test_patched_process_runs_the_election_in_the_servers_hub():
+    tests_dir = str(Path(__file__).parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", PATCHED_SCRIPT, tests_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["modes"] == ["hub"]
+    assert len(result["new_leader"]) == 1
+    assert result["handover"] < 0.1, result  # T = 0.2 s; typically a few ms
+    assert result["old_task_killed"], result
+    assert result["errors"] == []
