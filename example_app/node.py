@@ -17,7 +17,7 @@ time) and ``mono`` (``time.monotonic()``: one clock for every process of a
 Linux machine, so a launcher can subtract its own readings)::
 
     ready     the server listens (``address``, ``pid``)
-    started   the elector runs (``term``)
+    started   the elector runs (``term``, ``pid``)
     state     this node's state changed (``state``, ``previous_state``, ``term``,
               ``leader``, ``reason``)
     leader    this node won an election (``term``)
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.wait(max(0.0, args.start_at - time.time()))
     if not stop.is_set():
         elect.start()
-        emit("started", node_id, term=elect.term)
+        emit("started", node_id, term=elect.term, pid=os.getpid())
 
     stop.wait()
     emit("stopping", node_id, signal=received[0] if received else None)
