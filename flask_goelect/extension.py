@@ -215,6 +215,10 @@ class ExtensionState:
             from .storage import FileStorage, MemoryStorage, Storage
             from .transport import HttpTransport
 
+            # After the runner's and transport's own fork hooks (registered when
+            # they were imported), so that in a child they reset first.
+            _install_process_hooks()
+
             s = self.settings
             file_lock = None
             storage: Storage
@@ -655,7 +659,6 @@ class LeaderElect:
         app.extensions["goelect"] = state
         self._states[app] = state
         self._single = state if len(self._states) == 1 else None
-        _install_process_hooks()
 
         from .cli import goelect_cli
 

@@ -69,9 +69,9 @@ def no_leaked_context() -> Iterator[None]:
     assert after is before, "the test leaked a pushed app/request context"
 
 
-def make_app(node_id: str = "n1", **config: Any) -> Flask:
+def make_app(node_id: str = "n1", app_class: type[Flask] = Flask, **config: Any) -> Flask:
     """A Flask app configured for one node of a three-node cluster, not started."""
-    app = Flask(f"goelect_test_{node_id}")
+    app = app_class(f"goelect_test_{node_id}")
     app.config.update(
         TESTING=True,
         GOELECT_NODE_ID=node_id,
@@ -161,3 +161,64 @@ class LiveServer:
         if self._stop_watcher is not None and self._thread.is_alive():
             self._stop_watcher.send()
         self._thread.join(10)
+
+
+class Cluster:
+    """``n`` nodes of one app in this process, each on a loopback ``gevent.pywsgi``
+    server, with fast election timing and state files under ``folder``."""
+
+    def __init__(self, n: int, folder: Any, *, start: bool = True, **config: Any) -> None:
+        from flask_goelect import LeaderElect
+
+        self.ports = [free_port() for _ in range(n)]
+        self.ids = [f"n{i + 1}" for i in range(n)]
+        self.peers = [
+            f"{i}=http://127.0.0.1:{p}" for i, p in zip(self.ids, self.ports, strict=True)
+        ]
+        self.elect = LeaderElect()
+        self.apps: dict[str, Flask] = {}
+        self.servers: dict[str, LiveServer] = {}
+        settings = {
+            "GOELECT_PEERS": self.peers,
+            "GOELECT_ELECT_TIMEOUT": 300,
+            "GOELECT_HEARTBEAT_INTERVAL": 30,
+            "GOELECT_CONNECT_TIMEOUT": 0.3,
+            **config,
+        }
+        for node_id, port in zip(self.ids, self.ports, strict=True):
+            app = make_app(node_id, GOELECT_STATE_FILE=f"{folder}/{node_id}.json", **settings)
+            self.elect.init_app(app)
+            self.apps[node_id] = app
+            self.servers[node_id] = LiveServer(app, port).start()
+        if start:
+            for node_id in self.ids:
+                self.state(node_id).start()
+
+    def state(self, node_id: str) -> Any:
+        return self.apps[node_id].extensions["goelect"]
+
+    def snapshot(self, node_id: str) -> Any:
+        return self.state(node_id).elector.snapshot
+
+    def leaders(self) -> list[str]:
+        return [i for i in self.ids if self.snapshot(i).is_leader()]
+
+    def wait_for_one_leader(self, timeout: float = 10.0, exclude: str | None = None) -> str:
+        def agreed() -> str | None:
+            leaders = self.leaders()
+            if len(leaders) != 1 or leaders[0] == exclude:
+                return None
+            leader = leaders[0]
+            running = [i for i in self.ids if self.state(i).running]
+            if all(self.snapshot(i).leader_id == leader for i in running):
+                return leader
+            return None
+
+        leader: str = wait_until(agreed, timeout)
+        return leader
+
+    def close(self) -> None:
+        for node_id in self.ids:
+            self.state(node_id).stop(transfer=False, timeout=2)
+        for server in self.servers.values():
+            server.stop()

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from flask import Blueprint, Flask
-from flask_testing_compat import make_app, no_leaked_context  # noqa: F401
+from flask_testing_compat import Cluster, make_app, no_leaked_context  # noqa: F401
 
-from flask_goelect import LeaderElect
+from flask_goelect import LeaderElect, leader_only
 from flask_goelect.core import ConfigError, LeaderInfo, Peer
-from flask_goelect.extension import ExtensionState, _serving_process
+from flask_goelect.decorators import current_term
+from flask_goelect.extension import ExtensionState, LockError, _serving_process
 from flask_goelect.testing import make_follower, make_leader
 
 # -- configuration ---------------------------------------------------------------------
@@ -361,3 +370,239 @@ def test_autostart_only_in_the_serving_process(
     ctx = FakeClickContext(command, params) if command else None
     monkeypatch.setattr(click, "get_current_context", lambda silent=False: ctx)
     assert _serving_process() is serving
+
+
+# -- several nodes over real HTTP --------------------------------------------------------
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(3, tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_end_to_end_election_over_the_routes(cluster: Cluster) -> None:
+    leader = cluster.wait_for_one_leader()
+    follower = next(i for i in cluster.ids if i != leader)
+    leader_app, follower_app = cluster.apps[leader], cluster.apps[follower]
+    elect = cluster.elect
+
+    with leader_app.app_context():
+        assert elect.is_leader and elect.state == "leader" and elect.term >= 1
+        assert elect.leader is not None and elect.leader.id == leader
+        term = elect.term
+        assert elect.wait_for_leader(1) == elect.leader
+        cluster_state = elect.cluster_state(timeout=5)
+    assert list(cluster_state) == cluster.ids
+    for node_id, entry in cluster_state.items():
+        assert entry["reachable"] is True, entry
+        assert entry["leader_id"] == leader and entry["term"] == term
+        assert entry["state"] == ("leader" if node_id == leader else "follower")
+
+    with follower_app.app_context():
+        assert not elect.is_leader and elect.state == "follower"
+        assert (
+            elect.leader is not None
+            and elect.leader.address
+            == cluster.apps[leader]
+            .config["GOELECT_PEERS"][cluster.ids.index(leader)]
+            .split("=", 1)[1]
+        )
+
+    # The status routes over the network tell the same story.
+    with requests.Session() as session:
+        leader_url = cluster.servers[leader].url
+        follower_url = cluster.servers[follower].url
+        assert session.get(f"{leader_url}/_goelect/leader", timeout=5).status_code == 200
+        assert session.get(f"{follower_url}/_goelect/leader", timeout=5).status_code == 503
+        assert session.get(f"{follower_url}/_goelect/health", timeout=5).status_code == 200
+        status = session.get(f"{follower_url}/_goelect/status", timeout=5).json()
+        assert status["leader_id"] == leader and status["last_contact"][leader] < 1
+
+    # A hand-over: the target leads in the next term, within a round trip or so.
+    with leader_app.app_context():
+        target = elect.transfer_leadership(follower)
+    assert target == follower
+    assert cluster.wait_for_one_leader(exclude=leader) == follower
+    assert cluster.snapshot(follower).term == term + 1
+
+    # A graceful stop of the leader hands over to another voter.
+    with cluster.apps[follower].app_context():
+        elect.stop()
+        assert elect.state == "stopped"
+    new_leader = cluster.wait_for_one_leader(exclude=follower)
+
+    # A stopped elector still answers status; a node that is down is reported
+    # as unreachable, and the call still succeeds.
+    with cluster.apps[new_leader].app_context():
+        view = elect.cluster_state(timeout=2)
+    assert view[follower]["reachable"] and view[follower]["state"] == "stopped"
+    cluster.servers[follower].stop()
+    with cluster.apps[new_leader].app_context():
+        started = time.monotonic()
+        view = elect.cluster_state(timeout=2)
+    assert time.monotonic() - started < 4
+    assert view[follower]["reachable"] is False and view[follower]["error"]
+    assert view[new_leader]["reachable"] and view[new_leader]["state"] == "leader"
+
+
+def test_follower_views_name_the_leader_end_to_end(tmp_path: Path) -> None:
+    c = Cluster(2, tmp_path, start=False)
+    for app in c.apps.values():
+
+        @app.post("/work")
+        @leader_only
+        def work() -> Any:
+            return {"term": current_term()}
+
+    try:
+        for node_id in c.ids:
+            c.state(node_id).start()
+        leader = c.wait_for_one_leader()
+        follower = next(i for i in c.ids if i != leader)
+        with requests.Session() as session:
+            ok = session.post(f"{c.servers[leader].url}/work", timeout=5)
+            assert ok.status_code == 200 and ok.json()["term"] == c.snapshot(leader).term
+            refused = session.post(f"{c.servers[follower].url}/work", timeout=5)
+            assert refused.status_code == 503
+            assert refused.json()["leader"] == {"id": leader, "address": c.servers[leader].url}
+    finally:
+        c.close()
+
+
+# -- the state file lock -----------------------------------------------------------------
+
+
+def test_second_elector_for_one_node_refuses_to_start(tmp_path: Path) -> None:
+    state_file = tmp_path / "n1.json"
+    config = {
+        "GOELECT_PEERS": [],
+        "GOELECT_NODE_ADDRESS": "http://127.0.0.1:1",
+        "GOELECT_STATE_FILE": str(state_file),
+        "GOELECT_ELECT_TIMEOUT": 100,
+        "GOELECT_HEARTBEAT_INTERVAL": 10,
+    }
+    first, second = make_app(**config), make_app(**config)
+    e1, e2 = LeaderElect(first), LeaderElect(second)
+    e1.start()
+    try:
+        with pytest.raises(LockError) as info:
+            e2.start()
+        message = str(info.value)
+        assert str(state_file) in message and f"process {os.getpid()}" in message
+        assert "one elector per node" in message and "GOELECT_STATE_FILE" in message
+        assert not e2.running and e1.running
+        e1.start()  # idempotent for the holder
+    finally:
+        e1.stop(transfer=False)
+    e2.start()  # released on stop
+    try:
+        assert e2.wait_for_leader(5) is not None
+    finally:
+        e2.stop(transfer=False)
+    assert e2.state == "stopped"
+
+
+def test_autostart_starts_and_stop_releases(tmp_path: Path) -> None:
+    app = make_app(
+        GOELECT_PEERS=[],
+        GOELECT_NODE_ADDRESS="http://127.0.0.1:1",
+        GOELECT_STATE_FILE=str(tmp_path / "n1.json"),
+        GOELECT_AUTOSTART=True,
+    )
+    elect = LeaderElect(app)
+    try:
+        assert elect.running
+    finally:
+        elect.stop()
+    assert not elect.running
+    assert (tmp_path / "n1.json.lock").read_text() == ""  # the token is wiped
+
+
+def test_leader_task_runs_in_an_app_context_while_leading(tmp_path: Path) -> None:
+    app = make_app(
+        GOELECT_PEERS=[],
+        GOELECT_NODE_ADDRESS="http://127.0.0.1:1",
+        GOELECT_ELECT_TIMEOUT=100,
+        GOELECT_HEARTBEAT_INTERVAL=10,
+    )
+    elect = LeaderElect(app)
+    seen: list[tuple[int, bool]] = []
+    done = threading.Event()
+
+    @elect.leader_task
+    def task(ctx: Any) -> None:
+        from flask import current_app
+
+        seen.append((ctx.term, current_app.name == app.name))
+        done.set()
+        ctx.wait(10)
+
+    elect.start()
+    try:
+        assert done.wait(10)
+        assert seen == [(1, True)]
+    finally:
+        elect.stop()
+
+
+PROCESS_SCRIPT = """
+import os, sys, time
+from flask import Flask
+from flask_goelect import LeaderElect
+
+app = Flask("forked")
+app.config.update(
+    GOELECT_NODE_ID="n1",
+    GOELECT_NODE_ADDRESS="http://127.0.0.1:1",
+    GOELECT_STATE_FILE=sys.argv[1],
+    GOELECT_ELECT_TIMEOUT=100,
+    GOELECT_HEARTBEAT_INTERVAL=10,
+)
+elect = LeaderElect(app)
+assert elect.running
+assert elect.wait_for_leader(5) is not None
+if sys.argv[2] == "fork":
+    pid = os.fork()
+    if pid == 0:
+        # The child runs the elector the parent gave up.
+        ok = elect.running and elect.wait_for_leader(5) is not None
+        print("child", ok, elect.term, flush=True)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    print("parent", elect.state, os.waitstatus_to_exitcode(status), flush=True)
+else:
+    print("exiting", elect.state, flush=True)
+# Falls off the end: atexit stops the elector (a lone leader cannot hand over).
+"""
+
+
+def run_script(tmp_path: Path, mode: str) -> list[str]:
+    script = tmp_path / "node.py"
+    script.write_text(PROCESS_SCRIPT)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(script), str(tmp_path / "n1.json"), mode],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 15, "the process did not exit promptly"
+    return result.stdout.split()
+
+
+def test_after_fork_the_child_runs_the_elector(tmp_path: Path) -> None:
+    out = run_script(tmp_path, "fork")
+    assert out[:2] == ["child", "True"], out
+    assert int(out[2]) >= 2  # a new leadership in a later term
+    assert out[3:] == ["parent", "stopped", "0"]
+
+
+def test_exit_stops_the_elector(tmp_path: Path) -> None:
+    assert run_script(tmp_path, "exit") == ["exiting", "leader"]
+    assert (tmp_path / "n1.json.lock").read_text() == ""  # stopped by atexit
