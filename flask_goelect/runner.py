@@ -409,6 +409,8 @@ class Elector:
         self._senders: dict[str, Any] = {}
         self._send_failures: dict[str, int] = {p: 0 for p in self._peers}
         self._last_send_error: dict[str, str] = {}
+        # Peers whose last call failed: the first failure is a warning, the rest debug.
+        self._unreachable: set[str] = set()
         self._dispatch_queue: Any = None
         self._dispatcher: Any = None
         self._task_term: int | None = None
@@ -677,6 +679,8 @@ class Elector:
                 rt.abandon(sender)
         if not rt.join(self._dispatcher, remaining()):
             rt.abandon(self._dispatcher)
+        # Again, now that the loop is over: it may have started a task after _halt.
+        self._cancel_tasks()
         if rt.patched:
             with self._wake_lock:
                 watcher, self._watcher = self._watcher, None
@@ -926,8 +930,15 @@ class Elector:
         except TransportError as exc:
             self._send_failures[peer.id] = self._send_failures.get(peer.id, 0) + 1
             self._last_send_error[peer.id] = str(exc)
-            self.log.debug("goelect %s: %s", self.node_id, exc)
+            if peer.id in self._unreachable:
+                self.log.debug("goelect %s: %s", self.node_id, exc)
+            else:
+                self._unreachable.add(peer.id)
+                self.log.warning("goelect %s: %s", self.node_id, exc)
             return
+        if peer.id in self._unreachable:
+            self._unreachable.discard(peer.id)
+            self.log.info("goelect %s: peer %r answers again", self.node_id, peer.id)
         if not self._running:
             return
         stepped = self._step(lambda node, now: node.step(reply, now))
