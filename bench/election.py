@@ -1,0 +1,521 @@
+"""Election benchmark on real example-app processes.
+
+::
+
+    python -m bench.election --nodes 3 --rounds 20 --elect-timeout 200 --heartbeat-interval 50
+
+Prints a table and writes JSON (``--json PATH``, and always a copy under
+``bench/results/``) with the median, p90 and max of:
+
+* **cold start**: from the moment every node's elector starts (the nodes are
+  spawned first and told to start their electors together, so that Python's
+  start-up is not counted) to one leader with a valid lease that every node
+  names. The time from spawning a node to its server listening is reported
+  next to it.
+* **failover after SIGKILL of the leader**: the time without a leader, from the
+  SIGKILL to the moment another node holds a valid lease.
+* **hand-over after SIGTERM of the leader**: from the SIGTERM (a graceful stop,
+  which hands leadership over) to the moment another node holds a valid lease.
+* **idle CPU** of each node over a quiet period (``/proc/<pid>/stat`` user +
+  system time), leader and followers separately, in percent of one core.
+* **``@elect.leader_only`` overhead per call**: ``timeit`` in this process, on an
+  app whose elector is a real leader (a one-node cluster), against the plain
+  function.
+
+Times come from the nodes' event lines (see :mod:`example_app.node`): a node
+prints ``lease`` with its ``time.monotonic()`` the moment it holds a lease, and
+the launcher reads the same clock just before it sends a signal. The
+leader-only job of the example app is off (``--job-interval 0`` by default), so
+that idle CPU is the election's alone. Every process is stopped by its PID;
+every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import timeit
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from example_app.cluster import ClusterError, Event, LocalCluster, process_cpu_seconds
+
+__all__ = ["BenchConfig", "Figure", "format_table", "main", "run", "summarize"]
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class BenchConfig:
+    """What to run; times in milliseconds (as on the command line) unless named."""
+
+    nodes: int = 3
+    rounds: int = 20
+    elect_timeout: int = 200
+    heartbeat_interval: int = 50
+    job_interval: int = 0
+    idle_seconds: float = 20.0
+    overhead_calls: int = 200_000
+    host: str = "127.0.0.1"
+    #: Print progress lines while running.
+    verbose: bool = True
+
+    @property
+    def bound(self) -> float:
+        """Seconds to wait for any one change before counting the round as failed."""
+        return max(10.0, 20 * self.elect_timeout / 1000)
+
+
+@dataclass
+class Figure:
+    """One measured quantity: its samples and how many rounds failed."""
+
+    name: str
+    unit: str
+    samples: list[float] = field(default_factory=list)
+    failures: int = 0
+    target: str = ""
+    note: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "unit": self.unit,
+            "target": self.target,
+            "failures": self.failures,
+            "note": self.note,
+        }
+        data.update(summarize(self.samples))
+        data["samples"] = [round(s, 6) for s in self.samples]
+        return data
+
+
+def summarize(samples: Iterable[float]) -> dict[str, Any]:
+    """``n``, ``median``, ``p90`` (nearest rank), ``max``, ``min``, ``mean`` of ``samples``."""
+    values = sorted(samples)
+    if not values:
+        return {"n": 0, "median": None, "p90": None, "max": None, "min": None, "mean": None}
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "p90": values[max(0, math.ceil(0.9 * len(values)) - 1)],
+        "max": values[-1],
+        "min": values[0],
+        "mean": statistics.fmean(values),
+    }
+
+
+def _say(config: BenchConfig, text: str) -> None:
+    if config.verbose:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _cluster(config: BenchConfig) -> LocalCluster:
+    return LocalCluster(
+        config.nodes,
+        host=config.host,
+        elect_timeout=config.elect_timeout,
+        heartbeat_interval=config.heartbeat_interval,
+        job_interval=config.job_interval,
+        log_level="WARNING",
+    )
+
+
+def _settle(cluster: LocalCluster, config: BenchConfig) -> str:
+    """Wait for an agreed leader, then for a quiet moment; return the leader's id.
+
+    The quiet moment (two election timeouts) lets a node that just restarted
+    end its promise not to vote (it keeps it for one election timeout after a
+    restart), so every round starts from the same steady state.
+    """
+    leader = cluster.wait_for_leader(timeout=config.bound)
+    time.sleep(max(0.3, 2 * config.elect_timeout / 1000))
+    return cluster.wait_for_leader(timeout=config.bound, min_term=leader.term).id
+
+
+def _agreed_at(events: list[Event], nodes: set[str]) -> tuple[str, int, float] | None:
+    """The first moment (node clock) every node named one leader that held a lease.
+
+    Replays the nodes' events in time order: ``leader_changed`` says whom a
+    node follows, ``lease`` that the leader holds its lease, ``state`` that a
+    node left the leader role.
+    """
+    knows: dict[str, str | None] = {}
+    lease: dict[str, int] = {}
+    for event in sorted(events, key=lambda e: e.mono):
+        d = event.data
+        if event.kind == "leader_changed":
+            knows[event.node] = d.get("leader")
+        elif event.kind == "lease":
+            lease[event.node] = int(d.get("term", -1))
+        elif event.kind == "state" and d.get("state") != "leader":
+            lease.pop(event.node, None)
+        elif event.kind in ("exit", "stopping"):
+            lease.pop(event.node, None)
+        leaders = {knows.get(n) for n in nodes}
+        if len(leaders) == 1:
+            leader = next(iter(leaders))
+            if leader is not None and leader in lease:
+                return leader, lease[leader], event.mono
+    return None
+
+
+def bench_cold_start(config: BenchConfig, cold: Figure, spawn: Figure) -> None:
+    """Fresh clusters: electors started together -> one agreed leader with a lease."""
+    delay = 1.0 + 0.3 * config.nodes  # time for every process to import and listen
+    for round_no in range(1, config.rounds + 1):
+        with _cluster(config) as cluster:
+            start_at = time.time() + delay
+            start_mono = time.monotonic() + (start_at - time.time())
+            try:
+                cluster.start(start_at=start_at, timeout=config.bound + delay)
+                cluster.wait_for_leader(timeout=config.bound)
+            except ClusterError as exc:
+                cold.failures += 1
+                _say(config, f"  cold start round {round_no}: FAILED: {exc}")
+                continue
+            ready = [e for e in cluster.events if e.kind == "ready"]
+            spawned = {n.id: n.started_mono for n in cluster.nodes.values()}
+            for e in ready:
+                t = spawned.get(e.node)
+                if t is not None:
+                    spawn.samples.append(e.mono - t)
+            late = [
+                e.node for e in cluster.events if e.kind == "started" and e.mono > start_mono + 0.05
+            ]
+            agreed = _agreed_at(list(cluster.events), set(cluster.nodes))
+            if agreed is None or late:
+                cold.failures += 1
+                why = f"nodes {late} started late" if late else "no agreement in the events"
+                _say(config, f"  cold start round {round_no}: not counted: {why}")
+                continue
+            cold.samples.append(agreed[2] - start_mono)
+            _say(
+                config,
+                f"  cold start round {round_no}: {agreed[0]} leads term {agreed[1]}"
+                f" after {(agreed[2] - start_mono) * 1000:.1f} ms",
+            )
+
+
+def _change_of_leader(
+    config: BenchConfig,
+    cluster: LocalCluster,
+    figure: Figure,
+    round_no: int,
+    act: Callable[[str], float],
+    what: str,
+) -> None:
+    """One round: ``act(leader)`` returns when it signalled; wait for another lease."""
+    try:
+        leader = _settle(cluster, config)
+    except ClusterError as exc:
+        figure.failures += 1
+        _say(config, f"  {what} round {round_no}: FAILED before the round: {exc}")
+        return
+    term = cluster.wait_for_leader(timeout=config.bound).term
+    mark = cluster.mark()
+    sent = act(leader)
+    event = cluster.wait_for_event(
+        lambda e: (
+            e.kind == "lease"
+            and e.node != leader
+            and e.mono > sent
+            and int(e.data.get("term", 0)) > term
+        ),
+        config.bound,
+        since=mark,
+    )
+    status = cluster.wait_exit(leader, config.bound)
+    if event is None:
+        figure.failures += 1
+        _say(config, f"  {what} round {round_no}: FAILED: no new leader within {config.bound}s")
+    else:
+        figure.samples.append(event.mono - sent)
+        _say(
+            config,
+            f"  {what} round {round_no}: {leader} -> {event.node} (term"
+            f" {event.data.get('term')}) in {(event.mono - sent) * 1000:.1f} ms,"
+            f" exit status {status}",
+        )
+    cluster.start_node(leader, timeout=config.bound)
+
+
+def bench_changes(config: BenchConfig, failover: Figure, handover: Figure) -> None:
+    """SIGKILL rounds, then SIGTERM rounds, on one cluster (each victim restarted)."""
+    with _cluster(config) as cluster:
+        cluster.start(timeout=config.bound)
+        for round_no in range(1, config.rounds + 1):
+            _change_of_leader(config, cluster, failover, round_no, cluster.kill, "failover")
+        for round_no in range(1, config.rounds + 1):
+            _change_of_leader(config, cluster, handover, round_no, cluster.terminate, "hand-over")
+        statuses = [
+            e.data.get("returncode")
+            for e in cluster.events
+            if e.kind == "exit" and e.data.get("returncode") not in (0, -9)
+        ]
+        if statuses:
+            handover.note = f"unexpected exit statuses: {statuses}"
+
+
+def bench_idle_cpu(config: BenchConfig, leader_cpu: Figure, follower_cpu: Figure) -> None:
+    """CPU of each node over ``idle_seconds`` with a steady leader and no requests."""
+    with _cluster(config) as cluster:
+        cluster.start(timeout=config.bound)
+        leader = _settle(cluster, config)
+        time.sleep(1.0)
+        pids = {n.id: n.pid for n in cluster.nodes.values() if n.pid is not None}
+        mark = cluster.mark()
+        t0 = time.monotonic()
+        before = {n: process_cpu_seconds(pid) for n, pid in pids.items()}
+        time.sleep(config.idle_seconds)
+        after = {n: process_cpu_seconds(pid) for n, pid in pids.items()}
+        elapsed = time.monotonic() - t0
+        changes = [e for e in cluster.events[mark:] if e.kind in ("state", "lease")]
+        if changes:
+            note = f"{len(changes)} state changes during the idle period"
+            leader_cpu.note = follower_cpu.note = note
+        for node_id in pids:
+            percent = 100 * (after[node_id] - before[node_id]) / elapsed
+            (leader_cpu if node_id == leader else follower_cpu).samples.append(percent)
+            _say(
+                config,
+                f"  idle CPU {node_id} ({'leader' if node_id == leader else 'follower'}):"
+                f" {percent:.2f} % of a core over {elapsed:.1f} s",
+            )
+
+
+def bench_leader_only_overhead(config: BenchConfig, overhead: Figure) -> None:
+    """``@elect.leader_only`` on a real leader (one-node cluster) vs the plain function."""
+    from flask import Flask
+
+    from flask_goelect import LeaderElect
+
+    app = Flask("bench_leader_only")
+    app.config.update(
+        GOELECT_NODE_ID="n1",
+        GOELECT_NODE_ADDRESS="http://127.0.0.1:9",
+        GOELECT_STATE_FILE=":memory:",
+        GOELECT_ELECT_TIMEOUT=config.elect_timeout,
+        GOELECT_HEARTBEAT_INTERVAL=config.heartbeat_interval,
+    )
+    elect = LeaderElect(app)
+    try:
+        if elect.wait_for_leader(config.bound) is None or not elect.is_leader:
+            overhead.failures += 1
+            overhead.note = "the one-node elector did not become leader"
+            return
+
+        def plain() -> int:
+            return 1
+
+        guarded = elect.leader_only(plain)
+        assert guarded() == 1, "the guarded job did not run on the leader"
+        number = config.overhead_calls
+        for _ in range(3):
+            # min over repeats: the least disturbed measurement of each.
+            t_plain = min(timeit.repeat(plain, number=number, repeat=5)) / number
+            t_guarded = min(timeit.repeat(guarded, number=number, repeat=5)) / number
+            overhead.samples.append((t_guarded - t_plain) * 1e6)
+        assert guarded() == 1 and elect.is_leader, "leadership was lost during the measurement"
+        overhead.note = (
+            f"plain call {t_plain * 1e9:.0f} ns, guarded {t_guarded * 1e9:.0f} ns"
+            f" (last repeat, {number} calls each)"
+        )
+        _say(config, f"  @leader_only overhead: {overhead.samples} us per call")
+    finally:
+        elect.stop(transfer=False)
+
+
+def run(config: BenchConfig) -> dict[str, Any]:
+    """Run every measurement of ``config``; returns the results as a JSON-ready dict."""
+    t_total = time.monotonic()
+    T = config.elect_timeout
+    cold = Figure("cold start: electors started -> agreed leader", "ms", target="median <= 300 ms")
+    spawn = Figure("node process: spawn -> serving (not in cold start)", "ms")
+    failover = Figure(
+        "failover after SIGKILL of the leader (time without a leader)",
+        "ms",
+        target="median <= 300 ms",
+    )
+    handover = Figure("hand-over after SIGTERM of the leader", "ms", target="median <= 30 ms")
+    leader_cpu = Figure("idle CPU, leader", "% of a core", target="<= 1 %")
+    follower_cpu = Figure("idle CPU, follower", "% of a core", target="<= 1 %")
+    overhead = Figure("@elect.leader_only overhead per call", "us", target="<= 2 us")
+
+    _say(config, f"cold start, {config.rounds} rounds")
+    bench_cold_start(config, cold, spawn)
+    _say(config, f"failover and hand-over, {config.rounds} rounds each")
+    bench_changes(config, failover, handover)
+    _say(config, f"idle CPU over {config.idle_seconds:g} s")
+    bench_idle_cpu(config, leader_cpu, follower_cpu)
+    _say(config, "@leader_only overhead")
+    bench_leader_only_overhead(config, overhead)
+
+    for figure in (cold, spawn, failover, handover):
+        figure.samples = [s * 1000 for s in figure.samples]
+    figures = [cold, failover, handover, leader_cpu, follower_cpu, overhead, spawn]
+    return {
+        "benchmark": "bench.election",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "duration_s": round(time.monotonic() - t_total, 1),
+        "config": {
+            "nodes": config.nodes,
+            "rounds": config.rounds,
+            "elect_timeout_ms": T,
+            "heartbeat_interval_ms": config.heartbeat_interval,
+            "job_interval_ms": config.job_interval,
+            "idle_seconds": config.idle_seconds,
+            "overhead_calls": config.overhead_calls,
+            "host": config.host,
+        },
+        "machine": _machine(),
+        "figures": [f.summary() for f in figures],
+        "failures": sum(f.failures for f in figures),
+    }
+
+
+def _machine() -> dict[str, Any]:
+    import gevent
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "gevent": gevent.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+    }
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The results as a plain-text table."""
+    c = results["config"]
+    head = (
+        f"flask-goelect election: {c['nodes']} nodes on {c['host']}, election timeout"
+        f" {c['elect_timeout_ms']} ms, heartbeat {c['heartbeat_interval_ms']} ms,"
+        f" {c['rounds']} rounds ({results['machine']['cpus']} CPUs,"
+        f" Python {results['machine']['python']})"
+    )
+    rows = [("figure", "unit", "n", "median", "p90", "max", "target", "failed")]
+    for f in results["figures"]:
+        rows.append(
+            (
+                f["name"],
+                f["unit"],
+                str(f["n"]),
+                _fmt(f["median"]),
+                _fmt(f["p90"]),
+                _fmt(f["max"]),
+                f["target"],
+                str(f["failures"]),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [head, ""]
+    for index, row in enumerate(rows):
+        cells = [
+            cell.ljust(widths[i]) if i in (0, 1, 6) else cell.rjust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    notes = [f"  {f['name']}: {f['note']}" for f in results["figures"] if f["note"]]
+    if notes:
+        lines += ["", "notes:", *notes]
+    return "\n".join(lines)
+
+
+def write_results(results: dict[str, Any], path: str | os.PathLike[str] | None) -> list[Path]:
+    """Write the JSON to ``path`` (if given) and to ``bench/results/``; returns the paths."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    c = results["config"]
+    paths = [RESULTS_DIR / f"election-{c['nodes']}n-{c['rounds']}r-{stamp}.json"]
+    if path is not None:
+        paths.append(Path(path))
+    text = json.dumps(results, indent=2) + "\n"
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+    return paths
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.election",
+        description="Measure elections of real example-app processes on loopback.",
+    )
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=20, help="rounds of each change")
+    parser.add_argument("--elect-timeout", type=int, default=200, metavar="MS")
+    parser.add_argument("--heartbeat-interval", type=int, default=50, metavar="MS")
+    parser.add_argument(
+        "--job-interval",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="the example app's leader-only job (default 0: off, so idle CPU is the election's)",
+    )
+    parser.add_argument("--idle-seconds", type=float, default=20.0, metavar="S")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the JSON here")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    if args.nodes < 2:
+        parser.error("--nodes must be at least 2 (a failover needs another node)")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(
+        nodes=args.nodes,
+        rounds=args.rounds,
+        elect_timeout=args.elect_timeout,
+        heartbeat_interval=args.heartbeat_interval,
+        job_interval=args.job_interval,
+        idle_seconds=args.idle_seconds,
+        verbose=not args.quiet,
+    )
+
+
+def report(results: dict[str, Any], json_path: str | None) -> int:
+    """Print the table and the JSON, write the files; exit status 1 if a round failed."""
+    print(format_table(results))
+    print()
+    shown = dict(results)
+    shown["figures"] = [{k: v for k, v in f.items() if k != "samples"} for f in results["figures"]]
+    print(json.dumps(shown, indent=2))
+    for path in write_results(results, json_path):
+        print(f"results written to {path}")
+    return 1 if results["failures"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return report(run(config_from_args(args)), args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
