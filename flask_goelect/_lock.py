@@ -36,11 +36,22 @@ def lock_path(state_file: str | os.PathLike[str]) -> Path:
 
 
 def read_token(state_file: str | os.PathLike[str]) -> str | None:
-    """The administrative token written by the running elector, or None."""
+    """The administrative token of the running elector, or None if none runs."""
     try:
-        text = lock_path(state_file).read_text(encoding="utf-8")
+        fd = os.open(lock_path(state_file), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                pass  # held: an elector runs, its token is current
+            else:
+                return None  # nobody holds the lock: a killed node's token is stale
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
     for line in text.splitlines():
         key, _, value = line.partition("=")
         if key == "token" and value:
