@@ -265,12 +265,11 @@ class LocalCluster:
     def command(self, node_id: str, start_at: float | None = None) -> list[str]:
         """The command line that runs ``node_id``."""
         node = self.nodes[node_id]
-        peers = ",".join(
-            f"{peer_id}={self.peer_address(node_id, peer_id)}"
+        addresses = {
+            peer_id: node.address if peer_id == node_id else self.peer_address(node_id, peer_id)
             for peer_id in self.nodes
-            if peer_id != node_id
-        )
-        peers = f"{node_id}={node.address}," + peers
+        }
+        peers = ",".join(f"{peer_id}={url}" for peer_id, url in addresses.items())
         cmd = [
             self.python,
             "-m",
