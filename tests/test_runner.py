@@ -80,7 +80,11 @@ class Cluster:
         for node_id in ids:
             cfg = config(node_id, peers + extra_peers, t)
             elector = Elector(cfg, MemoryStorage(), HttpTransport(), **kw)
-            counts = received.setdefault(node_id, collections.Counter()) if received else None
+            counts = (
+                received.setdefault(node_id, collections.Counter())
+                if received is not None
+                else None
+            )
             app = rpc_app(elector, received=counts)
             self.servers[node_id] = ServerThread(app, listeners[node_id], name=f"server-{node_id}")
             self.servers[node_id].start()
