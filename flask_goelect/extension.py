@@ -301,7 +301,11 @@ class ExtensionState:
                 elector.errors.append(record(time.time(), "callback", repr(exc)))
 
         worker = threading.Thread(target=run, name="goelect-stop-signals", daemon=True)
-        worker.start()
+        try:
+            worker.start()
+        except RuntimeError:  # no new threads this late in interpreter shutdown
+            run()
+            return
         worker.join(self.settings.callback_timeout)
         if worker.is_alive():
             elector.errors.append(
