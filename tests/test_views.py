@@ -273,7 +273,7 @@ def test_rpc_routes_never_block(tmp_path: Path) -> None:
             response = client.post(P + "/rpc/vote", json=vote(term=term * 100, pre_vote=True))
             slowest = max(slowest, time.perf_counter() - t0)
             assert response.status_code == 200
-        assert slowest < 0.25, f"an RPC took {slowest:.3f}s"
+        assert slowest < 0.5, f"an RPC took {slowest:.3f}s"
     finally:
         elect.stop(transfer=False, timeout=1)
 
