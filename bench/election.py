@@ -46,7 +46,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from example_app.cluster import ClusterError, Event, LocalCluster, process_cpu_seconds
+from example_app.cluster import (
+    ClusterError,
+    Event,
+    LeaderView,
+    LocalCluster,
+    process_cpu_seconds,
+)
 
 __all__ = ["BenchConfig", "Figure", "format_table", "main", "run", "summarize"]
 
@@ -129,8 +135,8 @@ def _cluster(config: BenchConfig) -> LocalCluster:
     )
 
 
-def _settle(cluster: LocalCluster, config: BenchConfig) -> str:
-    """Wait for an agreed leader, then for a quiet moment; return the leader's id.
+def _settle(cluster: LocalCluster, config: BenchConfig) -> LeaderView:
+    """Wait for an agreed leader, then for a quiet moment; return the leader.
 
     The quiet moment (two election timeouts) lets a node that just restarted
     end its promise not to vote (it keeps it for one election timeout after a
@@ -138,7 +144,7 @@ def _settle(cluster: LocalCluster, config: BenchConfig) -> str:
     """
     leader = cluster.wait_for_leader(timeout=config.bound)
     time.sleep(max(0.3, 2 * config.elect_timeout / 1000))
-    return cluster.wait_for_leader(timeout=config.bound, min_term=leader.term).id
+    return cluster.wait_for_leader(timeout=config.bound, min_term=leader.term)
 
 
 def _agreed_at(events: list[Event], nodes: set[str]) -> tuple[str, int, float] | None:
@@ -215,12 +221,12 @@ def _change_of_leader(
 ) -> None:
     """One round: ``act(leader)`` returns when it signalled; wait for another lease."""
     try:
-        leader = _settle(cluster, config)
+        view = _settle(cluster, config)
     except ClusterError as exc:
         figure.failures += 1
         _say(config, f"  {what} round {round_no}: FAILED before the round: {exc}")
         return
-    term = cluster.wait_for_leader(timeout=config.bound).term
+    leader, term = view.id, view.term
     mark = cluster.mark()
     sent = act(leader)
     event = cluster.wait_for_event(
@@ -269,7 +275,7 @@ def bench_idle_cpu(config: BenchConfig, leader_cpu: Figure, follower_cpu: Figure
     """CPU of each node over ``idle_seconds`` with a steady leader and no requests."""
     with _cluster(config) as cluster:
         cluster.start(timeout=config.bound)
-        leader = _settle(cluster, config)
+        leader = _settle(cluster, config).id
         time.sleep(1.0)
         pids = {n.id: n.pid for n in cluster.nodes.values() if n.pid is not None}
         mark = cluster.mark()

@@ -641,26 +641,33 @@ class _Printer:
             print(f"  +{when:7.3f}s  {text}", flush=True)
 
     def __call__(self, event: Event) -> None:
-        d = event.data
-        text = {
-            "started": lambda: f"{event.node} started (pid {d.get('pid', '?')})",
-            "leader": lambda: f"{event.node} won the election of term {d.get('term')}",
-            "lease": lambda: f"{event.node} LEADS term {d.get('term')} (holds the lease)",
-            "leader_changed": lambda: (
-                f"{event.node} knows no leader (term {d.get('term')})"
-                if d.get("leader") is None
-                else (
-                    f"{event.node} follows {d.get('leader')} (term {d.get('term')})"
-                    if d.get("leader") != event.node
-                    else None
-                )
-            ),
-            "stopping": lambda: f"{event.node} got {d.get('signal')}: stopping gracefully",
-            "stopped": lambda: f"{event.node} stopped",
-            "exit": lambda: f"{event.node} exited (status {d.get('returncode')})",
-        }.get(event.kind, lambda: None)()
+        text = self.describe(event)
         if text is not None:
             self.say(text, event.mono)
+
+    @staticmethod
+    def describe(event: Event) -> str | None:
+        """One line for a change worth showing, None for the others."""
+        d, node, kind = event.data, event.node, event.kind
+        if kind == "started":
+            return f"{node} started (pid {d.get('pid', '?')})"
+        if kind == "leader":
+            return f"{node} won the election of term {d.get('term')}"
+        if kind == "lease":
+            return f"{node} LEADS term {d.get('term')} (holds the lease)"
+        if kind == "leader_changed":
+            if d.get("leader") is None:
+                return f"{node} knows no leader (term {d.get('term')})"
+            if d.get("leader") != node:
+                return f"{node} follows {d.get('leader')} (term {d.get('term')})"
+            return None
+        if kind == "stopping":
+            return f"{node} got {d.get('signal')}: stopping gracefully"
+        if kind == "stopped":
+            return f"{node} stopped"
+        if kind == "exit":
+            return f"{node} exited (status {d.get('returncode')})"
+        return None
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -297,7 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.start_at is not None:
         stop.wait(max(0.0, args.start_at - time.time()))
     if not stop.is_set():
-        elect.start()
+        try:
+            elect.start()
+        except Exception as exc:  # the state file is locked by another elector, unreadable...
+            log.error("the elector of node %s cannot start: %s", node_id, exc)
+            server.stop(timeout=1.0)
+            return 1
         emit("started", node_id, term=elect.term, pid=os.getpid())
 
     stop.wait()
