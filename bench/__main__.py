@@ -1,8 +1,8 @@
 """``python -m bench``: the benchmark suite.
 
-``python -m bench --quick`` is a short run for CI smoke use (a few rounds, a
-short idle period; about a minute); without ``--quick`` it is the full run of
-:mod:`bench.election` (20 rounds, 20 s idle; about three minutes).
+``python -m bench --quick`` is a short run for CI smoke use (5 rounds, 10 s
+idle; about 40 s on a 2-CPU machine); without ``--quick`` it is the full run of
+:mod:`bench.election` (20 rounds, 20 s idle; about two minutes).
 """
 
 from __future__ import annotations
