@@ -16,10 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import core
-from .messages import MAX_ADDRESS_LENGTH, MessageError, validate_node_id, validate_tags
+from . import auth, core
+from .messages import (
+    MAX_ADDRESS_LENGTH,
+    NODE_ID_PATTERN,
+    MessageError,
+    validate_node_id,
+    validate_tags,
+)
 
-__all__ = ["DEFAULTS", "KEYS", "MEMORY", "Settings", "load_settings"]
+__all__ = ["DEFAULTS", "KEYS", "MEMORY", "Settings", "load_settings", "security_warnings"]
 
 PREFIX = "GOELECT_"
 
@@ -50,6 +56,14 @@ DEFAULTS: dict[str, Any] = {
     "AUTOSTART": True,
     "FOLLOWER_RESPONSE": "503",
     "MAX_DRIFT": 0.01,
+    # Security (docs/security.md): no secret by default, but a warning at start
+    # when a peer is not on this host; the status is for the peers and this host.
+    "SECRET": None,
+    "CLUSTER": "",
+    "TLS_CA": None,
+    "TLS_CERT": None,
+    "TLS_KEY": None,
+    "STATUS_PUBLIC": False,
 }
 KEYS = frozenset(DEFAULTS)
 
@@ -77,7 +91,24 @@ class Settings:
     state_file: str | None
     autostart: bool
     follower_response: str
+    #: The shared secrets (``GOELECT_SECRET``): the first signs, all verify.
+    secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    cluster: str = ""
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    status_public: bool = False
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def keyring(self) -> auth.Keyring | None:
+        """The secrets as a :class:`~flask_goelect.auth.Keyring`, or None without one."""
+        return auth.Keyring(self.secrets) if self.secrets else None
+
+    @property
+    def auth_max_age(self) -> float:
+        """How old a signed request may be: its useful life (T) plus the clock skew."""
+        return self.elect_timeout + auth.MAX_CLOCK_SKEW
 
     @property
     def elect_timeout(self) -> float:
@@ -272,6 +303,123 @@ def _follower_response(value: object) -> str:
     raise _error(f"{key('FOLLOWER_RESPONSE')} must be '503' or 'redirect', not {value!r}")
 
 
+_SECRET_HINT = (
+    "use at least {n} random characters, the same on every node, e.g. the output of"
+    " python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+)
+
+
+def _secrets(value: object) -> tuple[bytes, ...]:
+    """``GOELECT_SECRET``: one secret, or several (the first signs, all verify).
+
+    A string may hold several separated by commas (for environment variables);
+    surrounding whitespace is dropped. The values are never shown in a message.
+    """
+    name = key("SECRET")
+    if value is None:
+        return ()
+    entries: list[object]
+    if isinstance(value, str):
+        entries = [part.strip() for part in value.split(",")]
+        entries = [e for e in entries if e]
+    elif isinstance(value, (bytes, bytearray)):
+        entries = [bytes(value)] if value else []
+    elif isinstance(value, (list, tuple)):
+        entries = list(value)
+        if not entries:
+            raise _error(
+                f"{name} is an empty list: give at least one secret, or None for no signatures"
+            )
+    else:
+        raise _error(
+            f"{name} must be a string or a list of strings (the first signs, every one"
+            f" verifies), not {type(value).__name__}"
+        )
+    if len(entries) > auth.MAX_SECRETS:
+        raise _error(
+            f"{name} lists {len(entries)} secrets; at most {auth.MAX_SECRETS}: keep the"
+            " current one and those being rotated out"
+        )
+    keys: list[bytes] = []
+    for index, entry in enumerate(entries):
+        where = name if len(entries) == 1 else f"{name} entry {index + 1}"
+        if isinstance(entry, str):
+            data = entry.encode("utf-8")
+        elif isinstance(entry, (bytes, bytearray)):
+            data = bytes(entry)
+        else:
+            raise _error(f"{where} must be a string, not {type(entry).__name__}")
+        if len(data) < auth.MIN_SECRET_LENGTH:
+            raise _error(
+                f"{where} is too short ({len(data)} bytes): "
+                + _SECRET_HINT.format(n=auth.MIN_SECRET_LENGTH)
+            )
+        if data not in keys:
+            keys.append(data)
+    return tuple(keys)
+
+
+def _cluster(value: object) -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not NODE_ID_PATTERN.fullmatch(value.strip()):
+        shown = repr(value)[:80] if isinstance(value, str) else type(value).__name__
+        raise _error(
+            f"{key('CLUSTER')} must be a name of 1-64 characters from A-Z a-z 0-9 . _ : -"
+            f" starting with a letter or digit, the same on every node (like"
+            f" 'billing-prod'), not {shown}"
+        )
+    return value.strip()
+
+
+def _tls_file(name: str, value: object, what: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise _error(f"{key(name)} must be the path of {what}, not {type(value).__name__}")
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        raise _error(f"{key(name)} must be a text path, not bytes")
+    if name == "TLS_CA" and os.path.isdir(path):
+        return path  # requests takes a folder of hashed CA certificates too
+    if not os.path.isfile(path):
+        raise _error(f"{key(name)} is {path!r}, which is not a file: give the path of {what}")
+    if not os.access(path, os.R_OK):
+        raise _error(
+            f"{key(name)} is {path!r}, which this process cannot read: fix its permissions"
+            " (the key should be readable by the app's user only)"
+        )
+    return path
+
+
+def security_warnings(settings: Settings) -> list[str]:
+    """What is weak in a valid configuration, to log when the elector starts."""
+    warnings: list[str] = []
+    others = [p for p in settings.election.peers if p.id != settings.node_id]
+    remote = [p for p in others if not auth.is_loopback(urlsplit(p.address).hostname)]
+    if remote and not settings.secrets:
+        names = ", ".join(p.id for p in remote[:5]) + (", ..." if len(remote) > 5 else "")
+        warnings.append(
+            f"{key('SECRET')} is not set but peers are on other hosts ({names}): anyone who"
+            " can reach this node's port can vote in its elections or depose its leader."
+            " Set the same secret on every node (see docs/security.md)"
+        )
+    plain = [p for p in remote if urlsplit(p.address).scheme == "http"]
+    if settings.tls_cert and plain:
+        warnings.append(
+            f"{key('TLS_CERT')} is set but peer(s) {', '.join(p.id for p in plain[:5])} are"
+            " reached over plain http://: give them https:// addresses"
+        )
+    if (settings.tls_ca or settings.tls_cert) and not any(
+        urlsplit(p.address).scheme == "https" for p in others
+    ):
+        warnings.append(
+            f"{key('TLS_CA')}/{key('TLS_CERT')} are set but no peer has an https:// address:"
+            " they are not used"
+        )
+    return warnings
+
+
 def _warn_unknown(config: Mapping[str, Any]) -> None:
     for name in config:
         if isinstance(name, str) and name.startswith(PREFIX) and name[len(PREFIX) :] not in KEYS:
@@ -387,6 +535,18 @@ def load_settings(
             f" not {type(state_file).__name__}"
         )
 
+    secrets = _secrets(raw["SECRET"])
+    tls_ca = _tls_file(
+        "TLS_CA", raw["TLS_CA"], "the CA bundle (PEM) that signed the peers' certificates"
+    )
+    tls_cert = _tls_file("TLS_CERT", raw["TLS_CERT"], "this node's client certificate (PEM)")
+    tls_key = _tls_file("TLS_KEY", raw["TLS_KEY"], "the private key of GOELECT_TLS_CERT (PEM)")
+    if tls_key and not tls_cert:
+        raise _error(
+            f"{key('TLS_KEY')} is set but {key('TLS_CERT')} is not: set {key('TLS_CERT')} to"
+            " the client certificate this key belongs to"
+        )
+
     try:
         election = core.Config(
             node_id=node_id,
@@ -419,5 +579,11 @@ def load_settings(
         state_file=None if state_file == MEMORY else str(state_file),
         autostart=_boolean("AUTOSTART", raw["AUTOSTART"]),
         follower_response=_follower_response(raw["FOLLOWER_RESPONSE"]),
+        secrets=secrets,
+        cluster=_cluster(raw["CLUSTER"]),
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        status_public=_boolean("STATUS_PUBLIC", raw["STATUS_PUBLIC"]),
         raw=raw,
     )

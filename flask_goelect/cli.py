@@ -43,9 +43,9 @@ def _timeout(state: ExtensionState) -> tuple[float, float]:
 def _node_status(state: ExtensionState) -> dict[str, Any]:
     if state.running:
         return state.status()
-    from .transport import HttpTransport, TransportError
+    from .transport import TransportError
 
-    transport = HttpTransport(url_prefix=state.url_prefix)
+    transport = state.make_transport()
     try:
         return transport.get_status(state.settings.node, _timeout(state))
     except TransportError as exc:

@@ -19,16 +19,29 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from flask import Blueprint, Flask, current_app, has_app_context
 from flask.blueprints import BlueprintSetupState
 
-from . import core, signals, views
+from . import auth, core, signals, views
 from ._lock import LockError, StateFileLock
-from ._settings import DEFAULTS, MEMORY, Settings, explicit_keys, key, load_settings
+from ._settings import (
+    DEFAULTS,
+    MEMORY,
+    Settings,
+    explicit_keys,
+    key,
+    load_settings,
+    security_warnings,
+)
 from .decorators import NotLeader, _job_wrapper
 from .messages import Reply, Request
+
+if TYPE_CHECKING:
+    import requests
+
+    from .transport import HttpTransport
 
 __all__ = ["ExtensionState", "LeaderElect", "LockError"]
 
@@ -173,6 +186,19 @@ class ExtensionState:
         self._restart_after_fork = False
         #: (state, leader id, term) of the last change signalled, for the stop signals.
         self._last_signalled: tuple[str, str | None, int] | None = None
+        config = settings.election
+        keyring = settings.keyring
+        #: Signs this node's requests and checks its peers' replies.
+        self.signer = auth.RequestSigner(keyring, settings.cluster, settings.node_id)
+        #: Checks the requests of peers and signs the replies to them.
+        self.verifier = auth.RequestVerifier(
+            keyring,
+            settings.cluster,
+            settings.node_id,
+            (p.id for p in config.peers),
+            max_age=settings.auth_max_age,
+        )
+        self._warned = False
 
     def __repr__(self) -> str:
         return (
@@ -198,6 +224,24 @@ class ExtensionState:
     def _refresh(self) -> None:
         self.elector = self._forced or self._real or self._idle
 
+    def make_transport(self) -> HttpTransport:
+        """An :class:`~flask_goelect.transport.HttpTransport` with this node's TLS
+        settings and signer, for the elector and for status queries."""
+        from .transport import HttpTransport
+
+        return HttpTransport(url_prefix=self.url_prefix, session_factory=self._new_session)
+
+    def _new_session(self) -> requests.Session:
+        import requests
+
+        session = requests.Session()
+        s = self.settings
+        if s.tls_ca:
+            session.verify = s.tls_ca
+        if s.tls_cert:
+            session.cert = (s.tls_cert, s.tls_key) if s.tls_key else s.tls_cert
+        return session
+
     # -- lifecycle ----------------------------------------------------------------
 
     def start(self) -> None:
@@ -213,7 +257,6 @@ class ExtensionState:
                 )
             runner = _runner()
             from .storage import FileStorage, MemoryStorage, Storage
-            from .transport import HttpTransport
 
             # After the runner's and transport's own fork hooks (registered when
             # they were imported), so that in a child they reset first.
@@ -234,7 +277,7 @@ class ExtensionState:
                     raise
             transport = None
             try:
-                transport = HttpTransport(url_prefix=self.url_prefix)
+                transport = self.make_transport()
                 elector = runner.Elector(
                     s.election,
                     storage,
@@ -257,6 +300,10 @@ class ExtensionState:
             self._file_lock = file_lock
             self._refresh()
             _live.add(self)
+            if not self._warned:
+                self._warned = True
+                for warning in security_warnings(s):
+                    logger.warning("flask-goelect: node %r: %s", s.node_id, warning)
 
     def stop(self, transfer: bool = True, timeout: float | None = None) -> None:
         with self._lock:
@@ -403,8 +450,6 @@ class ExtensionState:
                 self._real.leader_task(task)
 
     def cluster_state(self, timeout: float | None = None) -> dict[str, dict[str, Any]]:
-        from .transport import HttpTransport
-
         config = self.settings.election
         if timeout is None:
             timeout = self.settings.connect_timeout + max(1.0, self.settings.elect_timeout)
@@ -425,7 +470,7 @@ class ExtensionState:
                 ask.append(peer)
         if not ask:
             return result
-        transport = HttpTransport(url_prefix=self.url_prefix)
+        transport = self.make_transport()
         pool = ThreadPoolExecutor(max_workers=len(ask), thread_name_prefix="goelect-cluster")
         try:
             futures = {
@@ -638,6 +683,30 @@ class LeaderElect:
         ``GOELECT_MAX_DRIFT``
             How much faster one node's clock may run than another's, as a
             fraction; the lease is shortened by it. Default ``0.01``.
+        ``GOELECT_SECRET``
+            The secret shared by the nodes (at least 16 characters): every RPC
+            and reply is signed with HMAC-SHA256, and unsigned, forged, stale or
+            replayed requests are refused (401). A list (or a comma-separated
+            string) rotates keys: the first signs, every one verifies. Default
+            ``None``: nothing is signed, and the elector logs a warning at start
+            if a peer is on another host. See ``docs/security.md``.
+        ``GOELECT_CLUSTER``
+            The cluster's name, the same on every node; a request from another
+            cluster is refused (409) and logged. Default ``""``.
+        ``GOELECT_TLS_CA``
+            The CA bundle (PEM file, or folder) that verifies the peers'
+            certificates for ``https://`` peers. Default ``None``: the system's.
+        ``GOELECT_TLS_CERT``
+            This node's client certificate (PEM) for peers that require one
+            (mTLS); with the key in it, or in ``GOELECT_TLS_KEY``. Default ``None``.
+        ``GOELECT_TLS_KEY``
+            The private key of ``GOELECT_TLS_CERT`` (PEM). Default ``None``.
+        ``GOELECT_STATUS_PUBLIC``
+            Whether anyone may read ``GET <prefix>/status`` (the topology:
+            peers, addresses, errors). Default ``False``: only signed requests
+            of the peers and requests from this host (loopback, not through a
+            proxy) may; ``/leader`` and ``/health`` then answer with their status
+            code and no addresses to others.
 
         :raises flask_goelect.core.ConfigError: a key is wrong; the message names
             it and the fix.
