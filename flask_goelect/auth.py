@@ -66,6 +66,7 @@ __all__ = [
     "ReplayCache",
     "RequestSigner",
     "RequestVerifier",
+    "is_local_request",
     "is_loopback",
     "reply_signing_string",
     "request_signing_string",
@@ -113,6 +114,24 @@ def is_loopback(host: str | None) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped.is_loopback
     return address.is_loopback
+
+
+#: Headers a reverse proxy adds: a request that carries one came through a
+#: proxy, so its loopback source address says nothing about the real client.
+FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Host")
+
+
+def is_local_request(remote_addr: str | None, headers: Mapping[str, str]) -> bool:
+    """True for a request from this host that did not come through a proxy.
+
+    A reverse proxy on the same host makes every request come from loopback;
+    it adds ``X-Forwarded-For`` (or ``Forwarded``, ``X-Real-IP``), so such a
+    request is not taken as local. A client that adds the header itself only
+    makes itself less trusted.
+    """
+    if not is_loopback(remote_addr):
+        return False
+    return not any(headers.get(name) for name in FORWARDING_HEADERS)
 
 
 class AuthError(Exception):

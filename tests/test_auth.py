@@ -508,3 +508,14 @@ def test_request_timestamps_are_wall_clock_milliseconds() -> None:
     headers, _ = signer.request_headers("POST", PATH, "n2", BODY)
     assert abs(int(headers[TIMESTAMP_HEADER]) / 1000 - time.time()) < 5
     assert CLUSTER_HEADER not in headers  # no cluster name, no header
+
+
+def test_a_local_request_is_from_loopback_and_not_proxied() -> None:
+    from flask_goelect.auth import is_local_request
+
+    assert is_local_request("127.0.0.1", {})
+    assert is_local_request("::1", {"Accept": "*/*"})
+    assert not is_local_request("10.0.0.5", {})
+    assert not is_local_request(None, {})
+    for header in ("Forwarded", "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Host"):
+        assert not is_local_request("127.0.0.1", {header: "203.0.113.9"})
