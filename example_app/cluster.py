@@ -817,6 +817,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # A shell without job control starts background commands with SIGINT ignored:
+    # take it back, so that Ctrl-C (or kill -INT) always stops the nodes cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         print(
             f"starting {args.nodes} nodes (state, logs and ledger in {cluster.state_dir}):",
