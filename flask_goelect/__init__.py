@@ -8,7 +8,13 @@ simulator does not import Flask, gevent or requests.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # type checkers see the real names; at run time they load lazily
+    from . import signals as signals
+    from .decorators import NotLeader as NotLeader
+    from .decorators import leader_only as leader_only
+    from .extension import LeaderElect as LeaderElect
 
 __version__ = "0.1.0"
 
