@@ -53,6 +53,8 @@ from flask_goelect.storage import FileStorage  # noqa: E402
 __all__ = [
     "BOUND",
     "Event",
+    "Exchange",
+    "HardState",
     "LeaderView",
     "FaultCluster",
     "Incarnation",
@@ -61,6 +63,7 @@ __all__ = [
     "NetnsCluster",
     "Report",
     "RoundResult",
+    "Sample",
     "WireLog",
     "ledger_violations",
     "netns_unavailable",
@@ -656,11 +659,13 @@ class FaultCluster(_WatchedCluster):
         body = json.dumps({"sender": sender, "term": term, "pre_vote": False, "transfer": transfer})
         conn = http.client.HTTPConnection(node.host, node.port, timeout=5.0)
         try:
+            # Unsigned (the example app has no GOELECT_SECRET), but naming its sender
+            # as nodes do.
             conn.request(
                 "POST",
                 "/_goelect/rpc/vote",
                 body=body,
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", "X-Goelect-Sender": sender},
             )
             response = conn.getresponse()
             reply: dict[str, Any] = json.loads(response.read())
@@ -714,15 +719,33 @@ class Netns:
     (also after a partial :meth:`create`).
     """
 
+    #: Namespaces are named ``gel-<pid of the test process>-<random>-<node id>``.
+    PREFIX = "gel-"
+
     def __init__(self, node_ids: Sequence[str]) -> None:
         self.ids = list(node_ids)
-        token = f"{os.getpid() % 100000:05d}{random.randrange(16**2):02x}"
-        self.token = token
-        self.ns = {n: f"gel{token}-{n}" for n in self.ids}
+        salt = random.randrange(16**4)
+        self.token = f"{os.getpid() % 100000:05d}{salt % 256:02x}"  # for host-side names
+        self.ns = {n: f"{self.PREFIX}{os.getpid()}-{salt:04x}-{n}" for n in self.ids}
         self.octet = self._free_octet()
         self.pairs = [(a, b) for i, a in enumerate(self.ids) for b in self.ids[i + 1 :]]
         self._created: list[str] = []
         self._host_links: list[str] = []
+
+    @classmethod
+    def sweep_stale(cls) -> list[str]:
+        """Delete the namespaces a test process that no longer runs left behind
+        (killed before its clean-up); returns their names."""
+        swept = []
+        for line in _ip("netns", "list", check=False).stdout.splitlines():
+            name = line.split()[0] if line.strip() else ""
+            if not name.startswith(cls.PREFIX):
+                continue
+            pid = name[len(cls.PREFIX) :].split("-", 1)[0]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                _ip("netns", "del", name, check=False)
+                swept.append(name)
+        return swept
 
     @staticmethod
     def _free_octet() -> int:
@@ -838,8 +861,12 @@ class NetnsCluster(_WatchedCluster):
         cmd = super().command(node_id, start_at)
         # Listen on every address of the namespace: the management one and the veths.
         cmd[cmd.index("--listen") + 1] = f"0.0.0.0:{self.nodes[node_id].port}"
-        # `ip netns exec` execs the command: the PID stays the node's own.
-        return ["ip", "netns", "exec", self.net.ns[node_id], *cmd]
+        # The launcher's polls come from another namespace, not from loopback.
+        # `ip netns exec` and `env` exec the command: the PID stays the node's own.
+        return [
+            "ip", "netns", "exec", self.net.ns[node_id],
+            "env", "GOELECT_STATUS_PUBLIC=true", *cmd,
+        ]  # fmt: skip
 
     def close(self) -> None:
         try:
@@ -873,6 +900,7 @@ class _Row:
     violations: int = 0
     leaderless: list[float] = field(default_factory=list)
     extra: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    counts: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
 
@@ -890,6 +918,7 @@ class Report:
         row.leaderless.extend(result.leaderless)
         for key, values in result.extra.items():
             row.extra[key].extend(values)
+        row.counts.update(result.counts)
         row.seconds += seconds
 
     def to_json(self) -> dict[str, Any]:
@@ -899,34 +928,38 @@ class Report:
                 "violations": row.violations,
                 "leaderless_ms": [round(x * 1000, 1) for x in row.leaderless],
                 "extra_ms": {k: [round(x * 1000, 1) for x in v] for k, v in row.extra.items()},
+                "counts": dict(row.counts),
                 "seconds": round(row.seconds, 1),
             }
             for name, row in self.rows.items()
         }
 
     def lines(self) -> list[str]:
+        """The table: one row per scenario, times in milliseconds (median / max)."""
+
         def ms(values: list[float]) -> str:
             if not values:
-                return "     -      -"
-            return f"{statistics.median(values) * 1000:6.0f} {max(values) * 1000:6.0f}"
+                return "-"
+            return f"{statistics.median(values) * 1000:.0f} / {max(values) * 1000:.0f}"
 
-        head = (
-            f"{'scenario':<34} {'rounds':>6} {'viol.':>5}  {'leaderless ms':>13}"
-            f"  {'n':>3}  other (median max ms)"
-        )
-        out = [self.title, head, f"{'':<34} {'':>6} {'':>5}  {'median    max':>13}"]
-        total_rounds = total_violations = 0
+        width = max([len("scenario"), *(len(name) for name in self.rows)])
+        out = [
+            self.title,
+            f"{'scenario':<{width}}  rounds  violations  leaderless ms (n: median / max)  notes",
+        ]
         for name, row in self.rows.items():
-            others = "  ".join(f"{k} {ms(v).strip()}" for k, v in sorted(row.extra.items()))
+            notes = [f"{k} {ms(v)} ms" for k, v in sorted(row.extra.items())]
+            notes += [f"{k}: {n}" for k, n in sorted(row.counts.items())]
+            leaderless = f"{len(row.leaderless)}: {ms(row.leaderless)}"
             out.append(
-                f"{name:<34} {row.rounds:>6} {row.violations:>5}  {ms(row.leaderless):>13}"
-                f"  {len(row.leaderless):>3}  {others}"
+                f"{name:<{width}}  {row.rounds:>6}  {row.violations:>10}  {leaderless:<31}"
+                f"  {'; '.join(notes)}"
             )
-            total_rounds += row.rounds
-            total_violations += row.violations
+        rounds = sum(row.rounds for row in self.rows.values())
+        violations = sum(row.violations for row in self.rows.values())
         seconds = sum(row.seconds for row in self.rows.values())
         out.append(
-            f"{'total':<34} {total_rounds:>6} {total_violations:>5}  ({seconds:.0f} s of rounds)"
+            f"{'total':<{width}}  {rounds:>6}  {violations:>10}  ({seconds:.0f} s of rounds)"
         )
         return out
 

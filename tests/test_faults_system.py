@@ -38,7 +38,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import types
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -49,11 +50,18 @@ from faultproxy import Fault, FaultProxy, ProxyError  # noqa: E402
 from system_support import (  # noqa: E402
     BOUND,
     Event,
+    Exchange,
     FaultCluster,
+    HardState,
+    Incarnation,
     LeaderView,
+    Monitor,
     Report,
     RoundResult,
+    Sample,
     Scenario,
+    WireLog,
+    ledger_violations,
     new_lease,
     partition_leader_minority,
     partition_then_heal,
@@ -61,11 +69,12 @@ from system_support import (  # noqa: E402
     report_writer,
     rounds_from_env,
     run_round,
+    vote_violations,
     wait_for_write,
     wait_until,
 )
 
-from example_app.ledger import LedgerEntry  # noqa: E402
+from example_app.ledger import LedgerEntry, check_ledger  # noqa: E402
 
 ROUNDS = rounds_from_env()
 #: Election timeout, heartbeat interval and job interval (ms) per cluster size.
@@ -246,6 +255,82 @@ def test_proxy_stops_by_itself_and_refuses_changes_then() -> None:
     finally:
         a.close()
         b.close()
+
+
+# -- the checks, on made-up evidence (they must not be vacuous) --------------------------------
+
+
+def _entry(node: str, term: int, at: float) -> LedgerEntry:
+    return LedgerEntry(node, term, 1, at)
+
+
+def test_ledger_check_accepts_a_quick_hand_over_and_flags_overlapping_terms() -> None:
+    clean = [_entry("a", 1, 10.0), _entry("a", 1, 10.1), _entry("b", 2, 10.12)]
+    assert ledger_violations(clean) == []
+    assert ledger_violations([*clean, _entry("a", 1, 10.2)])  # a stale leader wrote last
+    assert ledger_violations([_entry("a", 1, 10.0), _entry("b", 1, 10.1)])  # two writers
+    # In file order, but b read its time (inside its lease) before a's last write:
+    # both held a lease at once.
+    overlapping = [_entry("a", 1, 10.0), _entry("a", 1, 10.1), _entry("b", 2, 10.05)]
+    assert check_ledger(overlapping) == [], "file order alone does not see it"
+    assert any("overlap" in v for v in ledger_violations(overlapping))
+
+
+def _exchange(src: str, dst: str, kind: str, request: dict, reply: dict, at: float) -> Exchange:
+    return Exchange(src, dst, "POST", f"/_goelect/rpc/{kind}", request, at, True, 200, reply,
+                    at + 0.001, True)  # fmt: skip
+
+
+def test_vote_check_flags_two_candidates_in_one_term() -> None:
+    votes = [("c", 5, "a", 1.0), ("c", 5, "a", 1.1), ("c", 6, "b", 2.0)]
+    assert vote_violations(votes) == []
+    assert vote_violations([*votes, ("c", 6, "a", 2.1)])
+
+
+def test_wire_log_compares_what_a_node_said_with_its_state_file() -> None:
+    vote = _exchange("a", "c", "vote", {"sender": "a", "term": 5}, {"term": 5, "granted": True}, 1)
+    pre_vote = _exchange(
+        "c", "a", "vote", {"sender": "c", "term": 6, "pre_vote": True},
+        {"term": 6, "granted": True, "pre_vote": True}, 1.5,
+    )  # fmt: skip
+    exchanges = [vote, pre_vote]
+    ready = {("c", 2): 3.0}
+
+    def check(state: HardState, later: Sequence[Exchange] = ()) -> list[str]:
+        log = WireLog()
+        restarts = [Incarnation("c", 1, 0.0, HardState()), Incarnation("c", 2, 2.0, state)]
+        log.update(exchanges, restarts, lambda node, pid: ready.get((node, pid)))
+        log.update([*exchanges, *later], [], lambda node, pid: ready.get((node, pid)))
+        return log.violations
+
+    assert check(HardState(5, "a")) == [], "a pre-vote for 6 does not put c in term 6"
+    assert check(HardState(6, None)) == []
+    assert check(HardState(4, None)), "c said term 5 but its file held 4"
+    assert check(HardState(5, "b")), "c voted for a in 5 but its file says b"
+    assert check(HardState(5, None)), "c voted in 5 but its file forgot the vote"
+    stale = _exchange("c", "a", "heartbeat", {"sender": "c", "term": 4, "seq": 1},
+                      {"term": 5, "seq": 1, "success": False}, 4.0)  # fmt: skip
+    assert check(HardState(5, "a"), [stale]), "the new process said term 4 after loading 5"
+
+
+def test_monitor_flags_a_term_going_back_per_process_and_against_the_state_file() -> None:
+    monitor = Monitor(types.SimpleNamespace(nodes={}), lifetime=1.0)  # type: ignore[arg-type]
+
+    def event(kind: str, term: int, index: int, **more: object) -> Event:
+        return Event(index, "a", kind, float(index), {"event": kind, "term": term, **more})
+
+    for index, (kind, term) in enumerate(
+        [("ready", 0), ("started", 3), ("state", 3), ("lease", 5), ("state", 4), ("state", 5)]
+    ):
+        monitor.on_event(event(kind, term, index, pid=7))
+    monitor.samples["a"] += [Sample("a", 7, 1.0, 5, "leader", "a", True)]
+    restart = [Incarnation("a", 7, 0.0, HardState(3, "a"))]
+    # The lease line comes from a leader task: it is not ordered with the signal lines.
+    assert monitor.term_violations(restart) == []
+    monitor.on_event(event("leader_changed", 4, 6))
+    monitor.samples["a"] += [Sample("a", 7, 2.0, 4, "follower", None, False)]
+    assert len(monitor.term_violations(restart)) == 2
+    assert len(monitor.term_violations([Incarnation("a", 7, 0.0, HardState(6, None))])) > 2
 
 
 # -- the clusters --------------------------------------------------------------------------------
