@@ -228,7 +228,7 @@ class Config:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transition:
     """A change of role or of the known leader, at time ``at`` (the node's clock)."""
 
@@ -241,7 +241,7 @@ class Transition:
     reason: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Output:
     """What the caller must do after a call into the core, in this order.
 
@@ -270,7 +270,9 @@ class Node:
         self.id = config.node_id
         self._rng = rng
         self._T = float(config.elect_timeout)
-        self._voter = self.id in config.voters
+        self._voters = config.voters
+        self._quorum = config.quorum
+        self._voter = self.id in self._voters
         self._members = frozenset(p.id for p in config.peers)
         self._others = tuple(p.id for p in config.peers if p.id != self.id)
         self._other_voters = tuple(v for v in self._others if v in config.voters)
@@ -403,7 +405,7 @@ class Node:
         if self.role is not Role.LEADER:
             raise NotLeaderError(f"node {self.id!r} is not the leader (it is {self.role})")
         if to is not None:
-            if to == self.id or to not in self.config.voters:
+            if to == self.id or to not in self._voters:
                 raise TransferError(f"cannot transfer leadership to {to!r}: not another voter")
             target = to
         else:
@@ -423,7 +425,7 @@ class Node:
         if not self._voter:
             self._reject(msg, "this node does not vote")
             return
-        if msg.sender not in self.config.voters:
+        if msg.sender not in self._voters:
             self._reject(msg, "the candidate is not a voter")
             return
         if msg.pre_vote:
@@ -479,24 +481,24 @@ class Node:
                 return
         elif self.role is not Role.CANDIDATE or msg.term != self.term:
             return
-        if msg.sender not in self.config.voters:
+        if msg.sender not in self._voters:
             return
         self._votes[msg.sender] = msg.granted
         granted = sum(1 for v in self._votes.values() if v)
         refused = len(self._votes) - granted
-        if granted >= self.config.quorum:
+        if granted >= self._quorum:
             if self.role is Role.PRE_CANDIDATE:
                 self._become_candidate(transfer=False)
             else:
                 self._become_leader()
-        elif refused >= self.config.quorum:
+        elif refused >= self._quorum:
             self._become_follower(self.term, None, "lost the election")
 
     def _on_heartbeat_reply(self, msg: HeartbeatReply) -> None:
         if self.role is not Role.LEADER or not msg.success:
             return
         self._last_ack[msg.sender] = self._now
-        if msg.sender in self.config.voters and msg.seq > self._acked_seq.get(msg.sender, 0):
+        if msg.sender in self._voters and msg.seq > self._acked_seq.get(msg.sender, 0):
             self._acked_seq[msg.sender] = msg.seq
             if msg.seq > self._lease_seq:
                 self._update_lease()
@@ -521,7 +523,7 @@ class Node:
         acks = sorted(
             [self._seq] + [self._acked_seq.get(v, 0) for v in self._other_voters], reverse=True
         )
-        seq = acks[self.config.quorum - 1]
+        seq = acks[self._quorum - 1]
         sent = self._round_sent.get(seq)
         if sent is not None and seq > self._lease_seq:
             self._lease_seq = seq
@@ -539,7 +541,7 @@ class Node:
             return True
         since = now - self._T
         recent = 1 + sum(1 for v in self._other_voters if self._last_ack.get(v, -math.inf) >= since)
-        return recent >= self.config.quorum
+        return recent >= self._quorum
 
     # -- campaigns -------------------------------------------------------------
 
@@ -562,7 +564,7 @@ class Node:
         req = VoteRequest(self.id, self.term + 1, pre_vote=True)
         for peer in self._other_voters:
             self._send(peer, req)
-        if self.config.quorum == 1:
+        if self._quorum == 1:
             self._become_candidate(transfer=False)
 
     def _become_candidate(self, *, transfer: bool) -> None:
@@ -576,7 +578,7 @@ class Node:
         req = VoteRequest(self.id, self.term, transfer=transfer)
         for peer in self._other_voters:
             self._send(peer, req)
-        if self.config.quorum == 1:
+        if self._quorum == 1:
             self._become_leader()
 
     def _become_leader(self) -> None:
