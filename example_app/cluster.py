@@ -4,6 +4,7 @@ From the command line (run from the repository root)::
 
     python -m example_app.cluster --nodes 3            # run until Ctrl-C
     python -m example_app.cluster --nodes 3 --demo     # failover and hand-over, measured
+    python -m example_app.cluster --nodes 3 --observers 2   # and two no-vote nodes
 
 Every leadership change is printed as it happens. With ``--demo`` the launcher
 waits for a leader, SIGKILLs it and measures the time without a leader, restarts
@@ -170,7 +171,10 @@ def process_cpu_seconds(pid: int) -> float:
 class LocalCluster:
     """Start, watch, signal and stop ``nodes`` example-app processes on ``host``.
 
-    :param nodes: how many nodes (ids ``n1``...), or their ids.
+    :param nodes: how many voting nodes (ids ``n1``...), or their ids.
+    :param observers: how many observers (no-vote nodes: they follow the leader but
+        never vote, campaign or count in a quorum; ids ``o1``...), or their ids. Every
+        node's peer list marks them ``novote``.
     :param base_port: the first port to try; busy or None: free ports are picked.
     :param elect_timeout: election timeout in milliseconds.
     :param heartbeat_interval: heartbeat interval in milliseconds.
@@ -190,6 +194,7 @@ class LocalCluster:
         self,
         nodes: int | Sequence[str] = 3,
         *,
+        observers: int | Sequence[str] = 0,
         host: str = "127.0.0.1",
         base_port: int | None = None,
         elect_timeout: int = 200,
@@ -204,8 +209,17 @@ class LocalCluster:
         python: str = sys.executable,
     ) -> None:
         ids = [f"n{i}" for i in range(1, nodes + 1)] if isinstance(nodes, int) else list(nodes)
-        if not ids or len(set(ids)) != len(ids):
-            raise ValueError(f"nodes must be a positive count or distinct ids, not {nodes!r}")
+        if not ids:
+            raise ValueError(f"nodes must be a positive count or ids, not {nodes!r}")
+        if isinstance(observers, int):
+            observer_ids = [f"o{i}" for i in range(1, observers + 1)]
+        else:
+            observer_ids = list(observers)
+        #: The ids of the observers (no-vote nodes).
+        self.observers = frozenset(observer_ids)
+        ids += observer_ids
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"node and observer ids must be distinct, not {ids!r}")
         self.host = host
         self.elect_timeout = elect_timeout
         self.heartbeat_interval = heartbeat_interval
@@ -269,7 +283,10 @@ class LocalCluster:
             peer_id: node.address if peer_id == node_id else self.peer_address(node_id, peer_id)
             for peer_id in self.nodes
         }
-        peers = ",".join(f"{peer_id}={url}" for peer_id, url in addresses.items())
+        peers = ",".join(
+            f"{peer_id}={url}" + (" novote" if peer_id in self.observers else "")
+            for peer_id, url in addresses.items()
+        )
         cmd = [
             self.python,
             "-m",
@@ -676,7 +693,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Run a local cluster of example-app nodes (separate processes on"
         " loopback) and print every leadership change.",
     )
-    parser.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    parser.add_argument("--nodes", type=int, default=3, help="how many voters (default 3)")
+    parser.add_argument(
+        "--observers",
+        type=int,
+        default=0,
+        help="how many observers besides (no-vote nodes o1...; default 0)",
+    )
     parser.add_argument(
         "--base-port",
         type=int,
@@ -707,6 +730,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.nodes < 1:
         parser.error("--nodes must be at least 1")
+    if args.observers < 0:
+        parser.error("--observers must be at least 0")
     if args.demo and args.nodes < 2:
         parser.error("--demo needs at least 2 nodes (3 to survive a failure)")
     return args
@@ -803,6 +828,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     cluster = LocalCluster(
         args.nodes,
+        observers=args.observers,
         host=args.host,
         base_port=args.base_port,
         elect_timeout=args.elect_timeout,
@@ -822,11 +848,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         print(
-            f"starting {args.nodes} nodes (state, logs and ledger in {cluster.state_dir}):",
+            f"starting {len(cluster.nodes)} nodes (state, logs and ledger in {cluster.state_dir}):",
             flush=True,
         )
         for node in cluster.nodes.values():
-            print(f"  {node.id}  {node.address}/", flush=True)
+            role = "  (observer)" if node.id in cluster.observers else ""
+            print(f"  {node.id}  {node.address}/{role}", flush=True)
         cluster.start()
         if args.demo:
             return _run_demo(cluster, printer)

@@ -219,11 +219,22 @@ def _peer_entry(index: int, entry: object) -> core.Peer:
             _tags("PEERS", entry.tags),
         )
     if isinstance(entry, str):
-        node_id, sep, address = entry.strip().partition("=")
-        if not sep or not node_id.strip() or not address.strip():
+        # 'id=url', or 'id=url novote' for an observer: the only way to list one in
+        # an environment variable or on a command line, where dicts cannot be written.
+        node_id, sep, rest = entry.strip().partition("=")
+        address, *flags = rest.split() or [""]
+        if not sep or not node_id.strip() or not address:
             raise _error(f"{where} is not 'id=url': write each peer like 'n2=http://10.0.0.2:5000'")
+        unknown = [flag for flag in flags if flag.lower() != "novote"]
+        if unknown:
+            raise _error(
+                f"{where} has {unknown[0]!r} after the address: the only word allowed there"
+                " is 'novote', for an observer ('o1=http://10.0.0.9:5000 novote')"
+            )
         return core.Peer(
-            _node_id(f"{where}: id", node_id.strip()), _address(f"{where}: address", address)
+            _node_id(f"{where}: id", node_id.strip()),
+            _address(f"{where}: address", address),
+            bool(flags),
         )
     if isinstance(entry, Mapping):
         unknown = sorted(str(k) for k in entry if k not in ("id", "address", "novote", "tags"))
