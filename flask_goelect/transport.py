@@ -26,14 +26,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection
+from urllib3.connectionpool import ConnectionPool, HTTPConnectionPool
 
 from . import core, messages
 from .messages import Reply, Request
@@ -112,14 +116,185 @@ _LIVE_HTTP_TRANSPORTS: weakref.WeakSet[HttpTransport] = weakref.WeakSet()
 
 
 class _PeerLink:
-    """One peer's session, and its requests prepared once per route."""
+    """One peer's session, and its routes prepared once each."""
 
-    __slots__ = ("address", "session", "templates")
+    __slots__ = ("address", "routes", "session")
 
     def __init__(self, address: str, session: requests.Session) -> None:
         self.address = address
         self.session = session
-        self.templates: dict[tuple[str, str], requests.PreparedRequest] = {}
+        self.routes: dict[tuple[str, str], _Route] = {}
+
+
+class _Route:
+    """A request to one peer's route, prepared once, and how to send copies of it.
+
+    The session's headers, auth, cookies, proxies and TLS settings are applied
+    once, when the route is first used; each call then goes straight to the
+    session's adapter (what ``Session.send`` would do, without resolving the
+    proxies, running hooks and storing cookies again on every heartbeat).
+    """
+
+    __slots__ = ("adapter", "cert", "proxies", "template", "verify")
+
+    def __init__(self, session: requests.Session, template: requests.PreparedRequest) -> None:
+        url = template.url or ""
+        self.template = template
+        self.adapter = session.get_adapter(url)
+        # As Session.send passes them (its types are looser than the adapter's).
+        self.verify: Any = session.verify
+        self.cert: Any = session.cert
+        self.proxies = requests.utils.resolve_proxies(
+            template, dict(session.proxies), session.trust_env
+        )
+
+    def new_request(self) -> requests.PreparedRequest:
+        """A copy of the template to send (without its cookie jar: the session's
+        cookies are already in its headers, and nothing reads the jar)."""
+        template = self.template
+        request = requests.PreparedRequest()
+        request.method = template.method
+        request.url = template.url
+        request.headers = template.headers.copy()
+        request.hooks = template.hooks
+        return request
+
+
+class _PeerConnection(HTTPConnection):
+    """A plain-HTTP connection tuned for small calls on a kept-alive socket.
+
+    * The request goes out in one ``send``: ``http.client`` sends the header
+      block and the body separately, and on loopback each send costs a
+      segment, an ACK and a wake-up of the peer.
+    * Before a pooled connection is reused, urllib3 asks whether the peer
+      closed it (a restarted peer does) with a ``poll()``, which in a
+      gevent-patched process is a trip through the hub; a non-blocking
+      ``MSG_PEEK`` answers the same question (readable: closed, or stray bytes;
+      would block: still good) at a fraction of the cost.
+    """
+
+    _joining = False
+    _head: bytes | None = None
+
+    def request(
+        self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any
+    ) -> None:
+        # The first send of a request is the header block: it waits for the body.
+        self._joining = True
+        try:
+            super().request(method, url, body, headers, **kwargs)
+            head, self._head = self._head, None
+            if head is not None:  # no body followed
+                super().send(head)
+        finally:
+            self._joining = False
+            self._head = None
+
+    def send(self, data: Any) -> None:
+        if self._joining:
+            head = self._head
+            if head is None and isinstance(data, bytes):
+                self._head = data
+                return
+            self._joining = False
+            self._head = None
+            if head is not None:
+                if isinstance(data, bytes):
+                    data = head + data
+                else:
+                    super().send(head)
+        super().send(data)
+
+    @property
+    def is_connected(self) -> bool:
+        sock = self.sock
+        if sock is None:
+            return False
+        timeout = sock.gettimeout()
+        try:
+            sock.settimeout(0.0)
+            sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True  # nothing to read: idle and open
+        except OSError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(timeout)
+        return False  # end of stream, or bytes nobody asked for
+
+
+class _PeerPool(HTTPConnectionPool):
+    ConnectionCls = _PeerConnection
+
+
+class _PeerAdapter(HTTPAdapter):
+    """``requests``' adapter, trimmed for many small calls to one peer.
+
+    No retries (the election timer is the retry), a pool of up to 4
+    connections (one per call in flight: the runner makes one at a time per
+    peer, a status query may add one), :class:`_PeerConnection` for plain
+    HTTP. Per call it skips what only matters to a general-purpose client:
+    looking the connection pool up and parsing the URL again (both are kept
+    per URL), extracting cookies and copying headers into the
+    :class:`requests.Response` (the caller reads ``response.raw``).
+    """
+
+    def __init__(self) -> None:
+        self._pools: dict[tuple[str, Any, Any], ConnectionPool] = {}
+        self._paths: dict[str, str] = {}
+        super().__init__(pool_connections=1, pool_maxsize=4, max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        classes = dict(self.poolmanager.pool_classes_by_scheme)
+        classes["http"] = _PeerPool
+        self.poolmanager.pool_classes_by_scheme = classes
+        self._pools = {}
+
+    def get_connection_with_tls_context(
+        self,
+        request: requests.PreparedRequest,
+        verify: Any,
+        proxies: Mapping[str, str] | None = None,
+        cert: Any = None,
+    ) -> ConnectionPool:
+        if proxies:
+            return super().get_connection_with_tls_context(request, verify, proxies, cert)
+        key = (request.url or "", verify, cert)
+        pool = self._pools.get(key)
+        if isinstance(pool, HTTPConnectionPool) and pool.pool is not None:
+            return pool
+        # Not seen yet, or closed (the pool manager was cleared).
+        pool = self._pools[key] = super().get_connection_with_tls_context(
+            request, verify, proxies, cert
+        )
+        return pool
+
+    def request_url(
+        self, request: requests.PreparedRequest, proxies: Mapping[str, str] | None
+    ) -> str:
+        if proxies:
+            return super().request_url(request, proxies)
+        url = request.url or ""
+        path = self._paths.get(url)
+        if path is None:
+            path = self._paths[url] = super().request_url(request, proxies)
+        return path
+
+    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
+        response = requests.Response()
+        response.status_code = resp.status
+        response.reason = resp.reason
+        response.raw = resp
+        response.url = req.url or ""
+        response.request = req
+        response.connection = self
+        return response
+
+    def close(self) -> None:
+        self._pools = {}
+        super().close()
 
 
 class HttpTransport:
@@ -129,7 +304,8 @@ class HttpTransport:
         (``GOELECT_URL_PREFIX``, default ``/_goelect``).
     :param session_factory: makes the per-peer sessions (for TLS settings,
         client certificates, custom adapters); an adapter with ``max_retries=0``
-        is mounted on each for ``http://`` and ``https://``.
+        is mounted on each for ``http://`` and ``https://`` (an adapter the
+        factory mounted for a longer prefix, e.g. the peer's own URL, wins).
     :param trust_env: whether sessions read proxy and ``.netrc`` settings from the
         environment. Off by default: traffic between replicas should go direct,
         and reading ``~/.netrc`` on every heartbeat costs CPU.
@@ -137,6 +313,12 @@ class HttpTransport:
     Every call has a ``(connect, read)`` timeout. Note that ``requests``' read
     timeout bounds each wait for data, not the whole reply; the replies here are
     a few hundred bytes, so in practice it bounds the call.
+
+    A leader calls every peer many times a second, so each route's request is
+    prepared once per peer (the session's headers, auth, cookies, proxies and
+    TLS settings as they are then) and each call hands a copy of it straight
+    to the session's adapter. Session response hooks do not run and reply
+    cookies are not kept: the RPCs are stateless.
     """
 
     def __init__(
@@ -196,43 +378,60 @@ class HttpTransport:
     def _exchange(
         self, peer: core.Peer, method: str, path: str, body: bytes | None, timeout: Timeout
     ) -> object:
-        session, template = self._prepared(peer, method, path)
+        route = self._route(peer, method, path)
+        template = route.template
         what = f"peer {peer.id!r} at {template.url}"
-        request = template.copy()
+        request = route.new_request()
         if body is not None:
             request.body = body
             request.headers["Content-Length"] = str(len(body))
+        done = False
         try:
-            with session.send(request, timeout=timeout, allow_redirects=False, stream=True) as resp:
+            resp = route.adapter.send(
+                request,
+                stream=True,
+                timeout=timeout,
+                verify=route.verify,
+                cert=route.cert,
+                proxies=route.proxies,
+            )
+            raw = resp.raw
+            try:
                 if not 200 <= resp.status_code < 300:
                     raise TransportError(
                         f"{what} answered HTTP {resp.status_code}: {_snippet(resp)}"
                     )
-                declared = resp.headers.get("Content-Length", "")
+                declared = raw.headers.get("Content-Length", "")
                 if declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
                     raise TransportError(f"{what} sent a {declared}-byte reply; too large")
-                content = resp.content
+                content = raw.read(MAX_REPLY_BYTES + 1, decode_content=True)
+                if len(content) > MAX_REPLY_BYTES:
+                    raise TransportError(
+                        f"{what} sent a reply over {MAX_REPLY_BYTES} bytes; too large"
+                    )
+                done = True
+            finally:
+                if done:
+                    raw.release_conn()  # read to the end: keep the connection
+                else:
+                    resp.close()  # bytes may be left unread: never reuse it
         except requests.ConnectTimeout:
             raise TransportError(f"{what}: no connection within {timeout[0]:g}s") from None
-        except requests.Timeout:
+        except (requests.Timeout, urllib3.exceptions.ReadTimeoutError):
             raise TransportError(f"{what}: no reply within {timeout[1]:g}s") from None
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise TransportError(f"{what} is unreachable: {_reason(exc)}") from None
-        if len(content) > MAX_REPLY_BYTES:
-            raise TransportError(f"{what} sent a {len(content)}-byte reply; too large")
         try:
             return json.loads(content)
         except ValueError:
             raise TransportError(f"{what} sent a reply that is not JSON") from None
 
-    def _prepared(
-        self, peer: core.Peer, method: str, path: str
-    ) -> tuple[requests.Session, requests.PreparedRequest]:
-        """The peer's session and a request prepared once per route, to copy per call.
+    def _route(self, peer: core.Peer, method: str, path: str) -> _Route:
+        """The peer's route, prepared on first use (and again if its address changed).
 
         Preparing (merging the session's headers, auth and cookies, parsing the
-        URL) costs about a third of a small call; heartbeats go out many times a
-        second, so it is done once per peer and route.
+        URL, resolving proxies) costs about a third of a small call; heartbeats
+        go out many times a second, so it is done once per peer and route.
         """
         with self._lock:
             if self._closed:
@@ -241,23 +440,22 @@ class HttpTransport:
             if link is None or link.address != peer.address:
                 session = self._session_factory()
                 session.trust_env = self._trust_env
-                # One connection per peer is the normal case (the runner sends to a
-                # peer one call at a time); a status query may need a second.
-                adapter = HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
+                adapter = _PeerAdapter()
                 session.mount("http://", adapter)
                 session.mount("https://", adapter)
                 if link is not None:
                     link.session.close()
                 link = self._links[peer.id] = _PeerLink(peer.address, session)
-            template = link.templates.get((method, path))
-            if template is None:
+            route = link.routes.get((method, path))
+            if route is None:
                 url = f"{peer.address.rstrip('/')}{self.url_prefix}{path}"
                 headers = {"Accept": "application/json"}
                 if method == "POST":
                     headers["Content-Type"] = "application/json"
                 request = requests.Request(method, url, headers=headers)
-                template = link.templates[(method, path)] = link.session.prepare_request(request)
-            return link.session, template
+                template = link.session.prepare_request(request)
+                route = link.routes[(method, path)] = _Route(link.session, template)
+            return route
 
     def _after_fork_in_child(self) -> None:
         # The sessions' sockets are shared with the parent: never use them here.
@@ -278,7 +476,7 @@ def _snippet(resp: requests.Response) -> str:
     return text or resp.reason or "(no body)"
 
 
-def _reason(exc: requests.RequestException) -> str:
+def _reason(exc: BaseException) -> str:
     # requests wraps urllib3 errors several levels deep; the innermost says it best.
     inner: BaseException = exc
     while inner.args and isinstance(inner.args[0], BaseException):

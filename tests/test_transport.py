@@ -21,9 +21,11 @@ import gevent
 import gevent.event
 import gevent.pool
 import pytest
+import requests
 from gevent import pywsgi
 
 from flask_goelect import core, messages
+from flask_goelect import transport as transport_module
 from flask_goelect.messages import (
     Heartbeat,
     HeartbeatReply,
@@ -338,6 +340,153 @@ def test_http_sessions_do_not_read_the_environment(servers, monkeypatch):
         assert transport.send(core.Peer("n2", server.url), HB, (1, 1)).success
     finally:
         transport.close()
+
+
+def chunked_app(size: int) -> WSGIApp:
+    """Answers 200 with ``size`` bytes and no Content-Length (sent chunked)."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        for _ in range(size // 1000):
+            yield b" " * 1000
+
+    return app
+
+
+def test_http_chunked_reply_is_read_only_up_to_the_limit(servers, http):
+    apps = iter([chunked_app(10_000_000), rpc_app(FakeNode("n2"))])
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        return next(apps)(environ, start_response)
+
+    server = servers(app)
+    peer = core.Peer("n2", server.url)
+    t0 = time.monotonic()
+    with pytest.raises(TransportError, match="too large"):
+        http.send(peer, HB, (1, 1))
+    assert time.monotonic() - t0 < 1  # not 10 MB read first
+    assert http.send(peer, HB, (1, 1)).success
+    # The connection with unread bytes was dropped, never reused.
+    assert server.connections == 2
+
+
+def test_http_connection_is_kept_after_any_complete_reply(servers, http):
+    replies = iter([(500, b"boom"), (200, b"{}"), (200, b"{}")])
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        environ["wsgi.input"].read()
+        status, body = next(replies)
+        start_response(f"{status} X", [("Content-Length", str(len(body)))])
+        return [body]
+
+    server = servers(app)
+    peer = core.Peer("n2", server.url)
+    for _ in range(3):
+        with pytest.raises(TransportError):
+            http.send(peer, HB, (1, 1))  # 500, then replies that are not heartbeat replies
+    assert server.connections == 1
+
+
+def test_http_request_leaves_in_one_send():
+    # Header block and body in one segment: one wake-up of the peer, not two.
+    sent: list[bytes] = []
+
+    class Sock:
+        def sendall(self, data: bytes) -> None:
+            sent.append(bytes(data))
+
+        def settimeout(self, timeout: float | None) -> None:
+            pass
+
+    post = transport_module._PeerConnection("127.0.0.1", 9)
+    post.sock = Sock()  # type: ignore[assignment]
+    post.request("POST", "/rpc", body=b'{"a":1}', headers={"Content-Type": "application/json"})
+    assert len(sent) == 1
+    assert sent[0].startswith(b"POST /rpc HTTP/1.1\r\n")
+    assert sent[0].endswith(b"\r\n\r\n" + b'{"a":1}')
+    sent.clear()
+    get = transport_module._PeerConnection("127.0.0.1", 9)
+    get.sock = Sock()  # type: ignore[assignment]
+    get.request("GET", "/status")
+    assert len(sent) == 1 and sent[0].endswith(b"\r\n\r\n")
+
+
+def test_http_idle_connection_check():
+    # A pooled connection is reused only while the peer keeps it open and silent.
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        conn = transport_module._PeerConnection("127.0.0.1", listener.getsockname()[1])
+        assert not conn.is_connected
+        conn.connect()
+        peer, _ = listener.accept()
+        assert conn.is_connected
+        assert conn.sock is not None and conn.sock.gettimeout() == conn.timeout
+        peer.sendall(b"x")  # bytes nobody asked for
+        assert wait_until(lambda: not conn.is_connected, 2)
+        conn.close()
+        conn.connect()
+        peer2, _ = listener.accept()
+        assert conn.is_connected
+        peer2.close()  # a restarted peer
+        assert wait_until(lambda: not conn.is_connected, 2)
+        conn.close()
+        peer.close()
+    finally:
+        listener.close()
+
+
+def test_http_client_sockets_have_nodelay(servers, http):
+    # Both ends: a reply (or a request) never waits for the other side's delayed ACK.
+    server = servers(rpc_app(FakeNode("n2")))
+    peer = core.Peer("n2", server.url)
+    http.send(peer, HB, (1, 1))
+    route = http._route(peer, "POST", "/rpc/heartbeat")
+    pool = route.adapter.get_connection_with_tls_context(route.new_request(), True)
+    conn = pool.pool.get()  # type: ignore[attr-defined]
+    try:
+        assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        pool.pool.put(conn)  # type: ignore[attr-defined]
+
+
+def test_http_restarted_peer_costs_no_failed_call(servers, http):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    first = servers(rpc_app(FakeNode("n2")), listener=listener)
+    peer = core.Peer("n2", first.url)
+    assert http.send(peer, HB, (1, 1)).success
+    first.stop()  # closes the kept-alive connection
+    second = servers(rpc_app(FakeNode("n2")), listener=socket.create_server(("127.0.0.1", port)))
+    assert http.send(peer, HB, (1, 1)).success
+    assert second.connections == 1
+
+
+def test_http_uses_the_sessions_headers_and_settings(servers):
+    seen: list[dict[str, Any]] = []
+    node = FakeNode("n2")
+    inner = rpc_app(node)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        seen.append(environ)
+        return inner(environ, start_response)
+
+    server = servers(app)
+
+    def factory() -> requests.Session:
+        session = requests.Session()
+        session.headers["X-Deploy"] = "blue"
+        session.cookies.set("k", "v")
+        return session
+
+    transport = HttpTransport(session_factory=factory)
+    try:
+        for _ in range(2):
+            assert transport.send(core.Peer("n2", server.url), HB, (1, 1)).success
+    finally:
+        transport.close()
+    assert [e.get("HTTP_X_DEPLOY") for e in seen] == ["blue", "blue"]
+    assert [e.get("HTTP_COOKIE") for e in seen] == ["k=v", "k=v"]
+    assert all(e["CONTENT_TYPE"] == "application/json" for e in seen)
 
 
 # -- MemoryTransport ----------------------------------------------------------------------
