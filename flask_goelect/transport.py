@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import ConnectionPool, HTTPConnectionPool
 
@@ -236,8 +237,8 @@ class _PeerAdapter(HTTPAdapter):
     peer, a status query may add one), :class:`_PeerConnection` for plain
     HTTP. Per call it skips what only matters to a general-purpose client:
     looking the connection pool up and parsing the URL again (both are kept
-    per URL), extracting cookies and copying headers into the
-    :class:`requests.Response` (the caller reads ``response.raw``).
+    per URL), extracting cookies into the :class:`requests.Response` (the
+    caller reads the body from ``response.raw``).
     """
 
     def __init__(self) -> None:
@@ -285,6 +286,7 @@ class _PeerAdapter(HTTPAdapter):
     def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
         response = requests.Response()
         response.status_code = resp.status
+        response.headers = CaseInsensitiveDict(resp.headers)
         response.reason = resp.reason
         response.raw = resp
         response.url = req.url or ""
@@ -401,7 +403,7 @@ class HttpTransport:
                     raise TransportError(
                         f"{what} answered HTTP {resp.status_code}: {_snippet(resp)}"
                     )
-                declared = raw.headers.get("Content-Length", "")
+                declared = resp.headers.get("Content-Length", "")
                 if declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
                     raise TransportError(f"{what} sent a {declared}-byte reply; too large")
                 content = raw.read(MAX_REPLY_BYTES + 1, decode_content=True)
