@@ -9,6 +9,7 @@ short (election timeout 0.2-0.6 s) and the assertions' bounds generous.
 from __future__ import annotations
 
 import collections
+import io
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +35,13 @@ from flask_goelect.messages import (
     VoteReply,
     VoteRequest,
 )
-from flask_goelect.runner import Elector, ElectorNotRunning, LeaderContext, Snapshot
+from flask_goelect.runner import (
+    Elector,
+    ElectorNotRunning,
+    LeaderContext,
+    NoDelayWSGIHandler,
+    Snapshot,
+)
 from flask_goelect.storage import MemoryStorage
 from flask_goelect.transport import HttpTransport, MemoryTransport, Transport
 
@@ -472,6 +480,75 @@ def test_transfer_leadership_to_a_chosen_node_and_errors(cluster):
     assert not leader.is_leader()  # the lease is dropped at once
     assert wait_until(follower.is_leader, 5)
     assert cluster.leader() is follower
+
+
+def test_hand_over_skips_a_voter_that_does_not_answer(cluster):
+    # A voter whose last call failed (or that was not heard from within T) would
+    # not campaign at once: the hand-over goes to one that answers.
+    for _ in range(4):
+        electors = cluster.electors or cluster.memory()
+        leader = cluster.leader()
+        mute, other = (e for e in electors.values() if e is not leader)
+        leader._unreachable.add(mute.node_id)
+        with leader._lock:  # and make it look like the freshest contact
+            leader._node.last_contact[mute.node_id] = leader._clock() + 1
+        assert leader._transfer_target() == other.node_id
+        assert leader.transfer_leadership() == other.node_id
+        assert wait_until(other.is_leader, 5)
+    leader = cluster.leader()
+    stale = leader._clock() - 2 * leader.config.elect_timeout
+    with leader._lock:
+        for peer in leader._node.last_contact:
+            leader._node.last_contact[peer] = stale
+    assert leader._transfer_target() is None  # nobody answers: the core chooses
+
+
+def test_snapshot_is_replaced_only_when_readers_would_see_a_change(cluster):
+    electors = cluster.memory()
+    leader = cluster.leader()
+    follower = next(e for e in electors.values() if e is not leader)
+    before = follower.snapshot
+    time.sleep(0.25)  # five heartbeats
+    assert follower.snapshot is before
+    lease = leader.snapshot
+    assert wait_until(lambda: leader.snapshot.lease_until > lease.lease_until, 2)
+
+
+def test_wait_for_leader_is_woken_by_the_election(cluster):
+    electors = cluster.memory(start=False)
+    found: list[Any] = []
+    waiters = [
+        threading.Thread(target=lambda e=e: found.append(e.wait_for_leader(5)))
+        for e in electors.values()
+    ]
+    cluster.start()
+    for waiter in waiters:
+        waiter.start()
+    for waiter in waiters:
+        waiter.join(6)
+    leader = cluster.leader()
+    # Each waiter returns the leader as soon as its node knows it (the leader
+    # itself once it holds its lease), and leaves no event behind.
+    assert [info.id for info in found] == [leader.node_id] * 3
+    assert leader.is_leader()
+    assert all(not e._waiters for e in electors.values())
+
+
+def test_quiet_server_formats_no_access_log_lines(cluster, monkeypatch):
+    formatted: list[int] = []
+
+    def format_request(self: Any) -> str:
+        formatted.append(1)
+        return "access line"
+
+    monkeypatch.setattr(NoDelayWSGIHandler, "format_request", format_request)
+    electors = cluster.http(ids=("n1", "n2"))  # servers with log=None
+    assert cluster.leader() in electors.values()
+    assert formatted == []
+    handler = NoDelayWSGIHandler.__new__(NoDelayWSGIHandler)
+    handler.server = types.SimpleNamespace(log=io.StringIO())  # a server that logs
+    handler.log_request()
+    assert handler.server.log.getvalue() == "access line\n"
 
 
 def test_lifecycle(cluster):
