@@ -108,10 +108,6 @@ class Figure:
     target: str = ""
     note: str = ""
 
-    @property
-    def median(self) -> float | None:
-        return statistics.median(self.samples) if self.samples else None
-
     def summary(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "name": self.name,
