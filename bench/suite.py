@@ -12,6 +12,7 @@ to ``bench/results/``.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -117,6 +118,7 @@ def run_suite(config: SuiteConfig) -> dict[str, Any]:
         "quick": config.quick,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": _machine(),
+        "code": _code_version(),
         "command": " ".join(["python", "-m", "bench", *(["--quick"] if config.quick else [])]),
         "runs": runs,
         "comparison": compare(runs),
@@ -127,6 +129,24 @@ def run_suite(config: SuiteConfig) -> dict[str, Any]:
     report["failures"] = sum(r["failures"] for r in runs) + (scale["failures"] if scale else 0)
     report["duration_s"] = round(time.monotonic() - t_total, 1)
     return report
+
+
+def _code_version() -> dict[str, Any]:
+    """The commit measured, and whether the working tree differed from it."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "flask_goelect")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "library_changed": None}
+    return {"commit": commit or None, "library_changed": bool(changed)}
 
 
 def _figure(run: dict[str, Any], key: str) -> dict[str, Any] | None:
@@ -235,7 +255,13 @@ def format_report(report: dict[str, Any]) -> str:
         parts.append("Targets\n\n" + _grid(rows))
     if report["notes"]:
         parts.append("Notes\n" + "\n".join(f"  {n}" for n in report["notes"]))
-    parts.append(f"{'quick' if report['quick'] else 'full'} run: {report['duration_s']:g} s")
+    code = report.get("code") or {}
+    version = f" at commit {code['commit']}" if code.get("commit") else ""
+    if code.get("library_changed"):
+        version += " (flask_goelect/ changed since)"
+    parts.append(
+        f"{'quick' if report['quick'] else 'full'} run{version}: {report['duration_s']:g} s"
+    )
     return "\n\n".join(parts)
 
 
