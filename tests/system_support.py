@@ -65,6 +65,8 @@ __all__ = [
     "RoundResult",
     "Sample",
     "WireLog",
+    "check_no_inflation",
+    "play_round",
     "ledger_violations",
     "netns_unavailable",
     "read_state_file",
@@ -513,13 +515,31 @@ class Network(Protocol):
     def heal(self) -> None: ...
 
 
+#: How a node runs with ``node_patch``: patched by gevent first, as ``python -m
+#: example_app`` is, then the patch, then the example app's entry point.
+_PATCHED_MAIN = """\
+from gevent import monkey
+monkey.patch_all()
+import runpy
+{patch}
+runpy.run_module("example_app", run_name="__main__", alter_sys=True)
+"""
+
+
 class _WatchedCluster(LocalCluster):
-    """A LocalCluster that records every (re)start, tracks paused nodes and is monitored."""
+    """A LocalCluster that records every (re)start, tracks paused nodes and is monitored.
+
+    ``node_patch``: Python code every node runs before the app starts (tests
+    use it to run deliberately broken nodes, to show that the checks catch them).
+    """
 
     net: Network
 
-    def __init__(self, *args: Any, lifetime: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, lifetime: float, node_patch: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.node_patch = node_patch
         self.lifetime = lifetime
         self.incarnations: list[Incarnation] = []
         self.paused: set[str] = set()
@@ -530,6 +550,13 @@ class _WatchedCluster(LocalCluster):
     @property
     def T(self) -> float:  # noqa: N802 - the election timeout, as the papers name it
         return self.elect_timeout / 1000
+
+    def command(self, node_id: str, start_at: float | None = None) -> list[str]:
+        cmd = super().command(node_id, start_at)
+        if self.node_patch is not None:
+            at = cmd.index("-m")
+            cmd[at : at + 2] = ["-c", _PATCHED_MAIN.format(patch=self.node_patch)]
+        return cmd
 
     def state_file(self, node_id: str) -> Path:
         return self.nodes[node_id].state_dir / f"goelect-{node_id}.json"
@@ -586,7 +613,6 @@ class _WatchedCluster(LocalCluster):
         """Every violation found so far in what the cluster left behind."""
         out = ledger_violations(self.ledger_entries())
         out += self.monitor.term_violations(self.incarnations)
-        out += vote_violations(self.forged_votes)
         out += [f"monitor: {e}" for e in self.monitor.errors]
         return out
 
@@ -892,6 +918,7 @@ class RoundResult:
     leaderless: list[float] = field(default_factory=list)
     extra: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     counts: Counter[str] = field(default_factory=Counter)
+    notes: str = ""
 
 
 @dataclass
@@ -1067,24 +1094,14 @@ def wait_for_write(
     return found
 
 
-def run_round(
-    cluster: _WatchedCluster,
-    report: Report,
-    name: str,
-    scenario: Scenario,
-    seed: int | None = None,
-) -> RoundResult:
-    """Run one round of ``scenario`` with fresh randomness, heal, and check everything.
+def play_round(cluster: _WatchedCluster, scenario: Scenario, seed: int) -> RoundResult:
+    """Run one round of ``scenario`` with randomness from ``seed``, heal, and check.
 
-    The round's violations are the scenario's own plus liveness after healing
-    (an agreed leader that writes to the ledger in its term) plus every new
+    The round's violations are the scenario's own, liveness after healing (an
+    agreed leader that writes to the ledger in its term), and every new
     violation in what the cluster left behind (:meth:`_WatchedCluster.violations`).
-    The result goes into ``report`` before the single assertion.
     """
-    if seed is None:
-        seed = random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
-    started = time.monotonic()
     known = set(cluster.violations())
     leader = settle(cluster)
     result = RoundResult()
@@ -1101,18 +1118,31 @@ def run_round(
     except ClusterError as exc:
         result.violations.append(f"liveness after healing: {exc}")
     result.violations += [v for v in cluster.violations() if v not in known]
+    result.notes = f"seed {seed}, leader was {leader.id} in term {leader.term}"
+    return result
+
+
+def run_round(
+    cluster: _WatchedCluster,
+    report: Report,
+    name: str,
+    scenario: Scenario,
+    seed: int | None = None,
+) -> RoundResult:
+    """Play a round with a fresh seed, add it to ``report``, then assert it found nothing."""
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**32)
+    started = time.monotonic()
+    result = play_round(cluster, scenario, seed)
     report.add(name, result, len(result.violations), time.monotonic() - started)
-    assert not result.violations, (
-        f"{name} (seed {seed}, leader was {leader.id} in term {leader.term}):\n  "
-        + "\n  ".join(result.violations)
-    )
+    assert not result.violations, f"{name} ({result.notes}):\n  " + "\n  ".join(result.violations)
     return result
 
 
 # -- partition scenarios (shared by the proxy and the network-namespace tests) --------------------
 
 
-def _no_inflation(
+def check_no_inflation(
     cluster: _WatchedCluster,
     result: RoundResult,
     minority: Iterable[str],
@@ -1165,7 +1195,7 @@ def partition_leader_minority(
         return
     result.leaderless.append(lease.mono - cut)
     time.sleep(rng.uniform(0, 2 * cluster.T))
-    _no_inflation(cluster, result, minority, leader.term, cut, time.monotonic())
+    check_no_inflation(cluster, result, minority, leader.term, cut, time.monotonic())
     _heal_and_compare(cluster, result, lease.node, int(lease.data["term"]))
 
 
@@ -1199,5 +1229,5 @@ def partition_then_heal(
             result.counts["leader changed in the majority"] += 1
             node, term = changed.node, int(changed.data["term"])
     time.sleep(rng.uniform(0, cluster.T))
-    _no_inflation(cluster, result, minority, leader.term, cut, time.monotonic())
+    check_no_inflation(cluster, result, minority, leader.term, cut, time.monotonic())
     _heal_and_compare(cluster, result, node, term)

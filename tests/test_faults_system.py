@@ -61,10 +61,12 @@ from system_support import (  # noqa: E402
     Sample,
     Scenario,
     WireLog,
+    check_no_inflation,
     ledger_violations,
     new_lease,
     partition_leader_minority,
     partition_then_heal,
+    play_round,
     read_state_file,
     report_writer,
     rounds_from_env,
@@ -553,11 +555,12 @@ def restart_same_state(
 ) -> None:
     """A node that just voted is SIGKILLed and restarted with its state file.
 
-    Kill the leader; as soon as a follower ``v`` took part in the new election
-    (granted a vote, or campaigned), SIGKILL ``v``. Its state file must hold
-    every vote it gave (checked by the wire log). ``v`` restarts cut off from
-    the others; once its restart promise is over, a vote request forged in the
-    same term from a voter it did not vote for must be refused.
+    Kill the leader; as soon as a follower ``v`` takes part in the new election
+    (asks for or answers a vote), SIGKILL ``v``: its state file must hold every
+    vote it gave (the wire log checks it). ``v`` restarts cut off from the
+    others; once its restart promise is over, vote requests forged in its term
+    from a voter it did not vote for are refused, and in a new term it grants
+    one vote only.
     """
     victim = rng.choice(_followers(cluster, leader))
     others = [n for n in cluster.nodes if n not in (victim, leader.id)]
@@ -590,18 +593,30 @@ def restart_same_state(
     cluster.start_node(victim)
     time.sleep(2 * cluster.T)  # past its restart promise
     now_state = read_state_file(cluster.state_file(victim))
-    if now_state.voted_for is None:
-        result.counts["no vote to test"] += 1
-        return
-    rival = next(n for n in cluster.nodes if n not in (victim, now_state.voted_for))
-    for transfer in (False, True):
-        reply = cluster.forge_vote_request(victim, rival, now_state.term, transfer=transfer)
+    voters = [n for n in cluster.nodes if n != victim]
+    if now_state.voted_for is not None:
+        # The vote it persisted before the crash still binds it.
+        rival = next(n for n in voters if n != now_state.voted_for)
+        for transfer in (False, True):
+            reply = cluster.forge_vote_request(victim, rival, now_state.term, transfer=transfer)
+            if reply.get("granted"):
+                result.violations.append(
+                    f"{victim} (restarted) granted a vote in term {now_state.term} to {rival}"
+                    f" after voting for {now_state.voted_for}: {reply}"
+                )
+        result.counts["persisted vote kept"] += 1
+    # And one vote per term in a term it has not voted in yet. (It is cut off
+    # and its promise is over, so it grants the first; when the network heals,
+    # its higher term makes the cluster elect again: that is Raft.)
+    first, second = rng.sample(voters, 2)
+    term = now_state.term + 1
+    if cluster.forge_vote_request(victim, first, term, transfer=False).get("granted"):
+        reply = cluster.forge_vote_request(victim, second, term, transfer=False)
         if reply.get("granted"):
             result.violations.append(
-                f"{victim} (restarted) granted a vote in term {now_state.term} to {rival} after"
-                f" voting for {now_state.voted_for}: {reply}"
+                f"{victim} granted votes in term {term} to {first} and to {second}: {reply}"
             )
-    result.counts["forged vote refused"] += 1
+        result.counts["second vote refused"] += 1
 
 
 def rolling_restart(
@@ -611,7 +626,8 @@ def rolling_restart(
 
     When the leader is stopped it hands over: the new leader campaigned for a
     transfer (not after an election timeout), and the ledger's gap between the
-    old and the new leader's writes stays near one job interval.
+    old and the new leader's writes stays near one job interval (at most one job
+    interval plus T).
     """
     job = cluster.job_interval / 1000
     for node in rng.sample(list(cluster.nodes), len(cluster.nodes)):
@@ -645,7 +661,16 @@ def rolling_restart(
             first = wait_for_write(cluster, lease.node, term)
             old = [e for e in cluster.ledger_entries() if e.node == node and e.term == current.term]
             if first is not None and old:
-                result.extra["job gap"].append(first.time - old[-1].time)
+                gap = first.time - old[-1].time
+                result.extra["job gap"].append(gap)
+                # Near one job interval: a change of leader by election leaves the
+                # job idle for at least T after the old leader's last heartbeat.
+                if gap > job + cluster.T:
+                    result.violations.append(
+                        f"the job was idle {gap * 1000:.0f} ms during the hand-over from {node}"
+                        f" to {lease.node} (job interval {job * 1000:.0f} ms, T"
+                        f" {cluster.T * 1000:.0f} ms)"
+                    )
         status = cluster.wait_exit(node, BOUND)
         if status != 0:
             result.violations.append(f"{node} exited with status {status} after SIGTERM")
@@ -673,6 +698,89 @@ def test_fault_rounds(cluster: FaultCluster, report: Report, scenario: str) -> N
     name = f"{scenario} ({len(cluster.nodes)} nodes)"
     for _ in range(ROUNDS):
         run_round(cluster, report, name, SCENARIOS[scenario])
+
+
+# -- the checks catch broken nodes (a check that cannot fail proves nothing) --------------------
+
+
+def isolate_a_follower(
+    cluster: FaultCluster, rng: random.Random, leader: LeaderView, result: RoundResult
+) -> None:
+    """Cut one follower off for 4 × T: long enough for its election timer to fire."""
+    follower = rng.choice(_followers(cluster, leader))
+    cut = time.monotonic()
+    cluster.proxy.isolate(follower, Fault.DROP)
+    time.sleep(4 * cluster.T)
+    check_no_inflation(cluster, result, [follower], leader.term, cut, time.monotonic())
+
+
+def cut_off_the_leader(
+    cluster: FaultCluster, rng: random.Random, leader: LeaderView, result: RoundResult
+) -> None:
+    """Cut the leader off until another has led for 4 × T, then heal."""
+    mark = cluster.mark()
+    cluster.proxy.isolate(leader.id, Fault.DROP)
+    lease = new_lease(cluster, mark, leader.term, among=_followers(cluster, leader))
+    if lease is None:
+        result.violations.append(f"no new leader within {BOUND}s")
+        return
+    time.sleep(4 * cluster.T)
+
+
+#: A broken node (code run in every node before the app), a scenario that
+#: exposes it, and words the violations found must contain.
+BROKEN: dict[str, tuple[str, Scenario, str]] = {
+    # goelect's fault: voted_for is written but never read. (The storage refuses
+    # to record a second vote in a term and stops the elector: that guard goes too.)
+    "votes-twice-in-a-term": (
+        "import flask_goelect.core as core, flask_goelect.storage as storage\n"
+        "core.Node._can_grant = lambda self, candidate: True\n"
+        "storage.check_transition = lambda old, new: None",
+        restart_same_state,
+        "two votes in a term",
+    ),
+    # The term and vote never reach the disk.
+    "forgets-its-votes": (
+        "import flask_goelect.storage as storage\n"
+        "storage.FileStorage.save = lambda self, state: None",
+        restart_same_state,
+        "its state file held term 0",
+    ),
+    # No pre-vote: a node cut off raises its term at every election timeout.
+    "no-pre-vote": (
+        "import flask_goelect.core as core\n"
+        "core.Node._campaign = lambda self, *, transfer: self._become_candidate(transfer=transfer)",
+        isolate_a_follower,
+        "pre-vote must keep its term",
+    ),
+    # goelect's leader: no check quorum, and "leader" without a lease.
+    "leads-without-a-lease": (
+        "import flask_goelect.core as core, flask_goelect.runner as runner\n"
+        "core.Node._has_quorum_contact = lambda self, now: True\n"
+        "runner.Snapshot.is_leader = lambda self, now=None: self.state == 'leader'",
+        cut_off_the_leader,
+        "wrote in term",
+    ),
+}
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("broken", list(BROKEN))
+def test_checks_catch_a_broken_node(broken: str) -> None:
+    patch, scenario, expected = BROKEN[broken]
+    elect, heartbeat, job = TIMING[3]
+    with FaultCluster(
+        3,
+        elect_timeout=elect,
+        heartbeat_interval=heartbeat,
+        job_interval=job,
+        lifetime=300.0,
+        node_patch=patch,
+    ) as nodes:
+        nodes.start(timeout=60.0)
+        result = play_round(nodes, scenario, seed=random.SystemRandom().randrange(2**32))
+    found = [v for v in result.violations if expected in v]
+    assert found, f"{broken}: no violation with {expected!r} among {result.violations}"
 
 
 # -- the full run from the command line -----------------------------------------------------------
