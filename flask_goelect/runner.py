@@ -995,6 +995,14 @@ class Elector:
     def _send_loop(self, gen: int, peer_id: str) -> None:
         box = self._mailboxes[peer_id]
         peer = self._peers[peer_id]
+        # Optional in a Transport: set up the peer's connection state now, so that
+        # the first call (a vote request, on the critical path) does not pay for it.
+        prepare = getattr(self._transport, "prepare", None)
+        if prepare is not None:
+            try:
+                prepare(peer)
+            except Exception as exc:
+                self.log.debug("goelect %s: preparing calls to %s: %r", self.node_id, peer_id, exc)
         while True:
             box.event.wait()
             box.event.clear()

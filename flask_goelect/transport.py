@@ -366,6 +366,23 @@ class HttpTransport:
             )
         return data
 
+    def prepare(self, peer: core.Peer) -> None:
+        """Get ready to call ``peer``: build its session and routes, resolve its host.
+
+        No request is sent. A follower calls nobody until it campaigns, and its
+        first call would otherwise pay for all of this on the critical path of
+        an election or a hand-over: in a gevent-patched process the first name
+        lookup also starts gevent's resolver thread pool (10-20 ms, once).
+        The runner calls it for each peer when it starts.
+        """
+        for kind in RPC_KINDS.values():
+            self._route(peer, "POST", f"/rpc/{kind}")
+        url = urllib3.util.parse_url(peer.address)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        if url.host:
+            with contextlib.suppress(OSError, UnicodeError):
+                socket.getaddrinfo(url.host.strip("[]"), port, type=socket.SOCK_STREAM)
+
     def close(self) -> None:
         """Close every session; later calls raise :class:`TransportError`."""
         with self._lock:

@@ -216,6 +216,16 @@ def test_three_nodes_over_http_elect_and_fail_over(cluster):
     assert wait_until(lambda: new.status()["send_failures"][leader.node_id] > 0, 5)
 
 
+def test_calls_to_every_peer_are_prepared_at_start(cluster):
+    # A follower calls nobody until it campaigns: its first vote requests must
+    # not pay for setting up sessions (or gevent's resolver) on the critical path.
+    electors = cluster.http(t=2.0)
+    for elector in electors.values():
+        links = elector._transport._links  # type: ignore[attr-defined]
+        others = {p for p in electors if p != elector.node_id}
+        assert wait_until(lambda links=links, others=others: set(links) == others, 5)
+
+
 def test_black_holed_peer_does_not_delay_heartbeats_to_others(cluster, black_hole):
     # n3 accepts connections and never answers. Its calls block until the 2 s read
     # deadline; if sends were serial (goelect) the healthy follower would hear at

@@ -461,6 +461,23 @@ def test_http_restarted_peer_costs_no_failed_call(servers, http):
     assert second.connections == 1
 
 
+def test_http_prepare_sets_up_a_peer_without_calling_it(servers, http):
+    server = servers(rpc_app(FakeNode("n2")))
+    peer = core.Peer("n2", server.url)
+    http.prepare(peer)
+    assert set(http._links["n2"].routes) == {
+        ("POST", "/rpc/vote"),
+        ("POST", "/rpc/heartbeat"),
+        ("POST", "/rpc/timeout-now"),
+    }
+    time.sleep(0.05)
+    assert server.connections == 0
+    assert http.send(peer, HB, (1, 1)).success
+    http.close()
+    with pytest.raises(TransportError, match="closed"):
+        http.prepare(peer)
+
+
 def test_http_uses_the_sessions_headers_and_settings(servers):
     seen: list[dict[str, Any]] = []
     node = FakeNode("n2")
