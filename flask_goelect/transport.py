@@ -338,6 +338,9 @@ class HttpTransport:
         self._links: dict[str, _PeerLink] = {}
         self._lock = threading.Lock()
         self._closed = False
+        # The last message encoded, and its body: a heartbeat round sends one
+        # message object to every peer, so it is encoded once per round.
+        self._encoded: tuple[Request, bytes] | None = None
         _LIVE_HTTP_TRANSPORTS.add(self)
 
     def __repr__(self) -> str:
@@ -347,7 +350,12 @@ class HttpTransport:
     def send(self, peer: core.Peer, msg: Request, timeout: Timeout) -> Reply:
         """POST ``msg`` to ``{peer.address}{prefix}/rpc/{kind}`` and return the reply."""
         kind = RPC_KINDS[type(msg)]
-        body = json.dumps(messages.to_wire(msg), separators=(",", ":")).encode()
+        encoded = self._encoded
+        if encoded is not None and encoded[0] is msg:
+            body = encoded[1]
+        else:
+            body = json.dumps(messages.to_wire(msg), separators=(",", ":")).encode()
+            self._encoded = (msg, body)
         data = self._exchange(peer, "POST", f"/rpc/{kind}", body, timeout)
         reply_type: Any = messages.REPLY_FOR[type(msg)]
         try:

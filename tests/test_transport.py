@@ -478,6 +478,26 @@ def test_http_prepare_sets_up_a_peer_without_calling_it(servers, http):
         http.prepare(peer)
 
 
+def test_http_heartbeat_round_is_encoded_once(servers, http, monkeypatch):
+    encoded: list[object] = []
+    to_wire = messages.to_wire
+
+    def counting(msg: Any) -> dict[str, Any]:
+        if isinstance(msg, Heartbeat):  # not the test servers' replies
+            encoded.append(msg)
+        return to_wire(msg)
+
+    monkeypatch.setattr(messages, "to_wire", counting)
+    received: collections.Counter[str] = collections.Counter()
+    a = servers(rpc_app(FakeNode("n2"), received=received))
+    b = servers(rpc_app(FakeNode("n3"), received=received))
+    hb = Heartbeat("n1", 3, 8)
+    assert http.send(core.Peer("n2", a.url), hb, (1, 1)).success
+    assert http.send(core.Peer("n3", b.url), hb, (1, 1)).success
+    assert http.send(core.Peer("n2", a.url), Heartbeat("n1", 3, 8), (1, 1)).success
+    assert encoded == [hb, hb] and received["Heartbeat"] == 3
+
+
 def test_http_uses_the_sessions_headers_and_settings(servers):
     seen: list[dict[str, Any]] = []
     node = FakeNode("n2")
