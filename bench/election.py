@@ -105,6 +105,9 @@ class Figure:
     unit: str
     samples: list[float] = field(default_factory=list)
     failures: int = 0
+    #: Rounds not counted because the machine did not meet the round's conditions
+    #: (e.g. a node too slow to start), as opposed to the system failing.
+    skipped: int = 0
     target: str = ""
     note: str = ""
 
@@ -114,6 +117,7 @@ class Figure:
             "unit": self.unit,
             "target": self.target,
             "failures": self.failures,
+            "skipped": self.skipped,
             "note": self.note,
         }
         data.update(summarize(self.samples))
@@ -250,10 +254,14 @@ def bench_cold_start(
                 e.node for e in cluster.events if e.kind == "started" and e.mono > start_mono + 0.05
             ]
             agreed = _agreed_at(list(cluster.events), set(cluster.nodes), system.leads)
-            if agreed is None or late:
+            if late:
+                cold.skipped += 1
+                cold.note = f"{cold.skipped} round(s) not counted: a node started its elector late"
+                _say(config, f"  cold start round {round_no}: not counted: {late} started late")
+                continue
+            if agreed is None:
                 cold.failures += 1
-                why = f"nodes {late} started late" if late else "no agreement in the events"
-                _say(config, f"  cold start round {round_no}: not counted: {why}")
+                _say(config, f"  cold start round {round_no}: FAILED: no agreement in the events")
                 continue
             cold.samples.append((agreed[2] - start_mono) * 1000)
             _say(
@@ -271,8 +279,14 @@ def _change_of_leader(
     act: Callable[[str], float],
     what: str,
     leads: str = "lease",
+    phases: tuple[Figure, Figure] | None = None,
 ) -> None:
-    """One round: ``act(leader)`` returns when it signalled; wait for another lease."""
+    """One round: ``act(leader)`` returns when it signalled; wait for another lease.
+
+    ``phases``: figures for the time from the signal to the first candidacy of
+    another node (its election timer; pre-candidacies included), and from that
+    candidacy to the new leader leading.
+    """
     try:
         view = _settle(cluster, config)
     except ClusterError as exc:
@@ -298,6 +312,20 @@ def _change_of_leader(
         _say(config, f"  {what} round {round_no}: FAILED: no new leader within {config.bound}s")
     else:
         figure.samples.append((event.mono - sent) * 1000)
+        first = next(
+            (
+                e
+                for e in cluster.events[mark : event.index]
+                if e.kind == "state"
+                and e.data.get("state") == "candidate"
+                and e.node != leader
+                and e.mono > sent
+            ),
+            None,
+        )
+        if phases is not None and first is not None:
+            phases[0].samples.append((first.mono - sent) * 1000)
+            phases[1].samples.append((event.mono - first.mono) * 1000)
         _say(
             config,
             f"  {what} round {round_no}: {leader} -> {event.node} (term"
@@ -308,15 +336,19 @@ def _change_of_leader(
 
 
 def bench_changes(
-    config: BenchConfig, failover: Figure, handover: Figure | None, system: System = GOELECT
+    config: BenchConfig,
+    failover: Figure,
+    handover: Figure | None,
+    system: System = GOELECT,
+    phases: tuple[Figure, Figure] | None = None,
 ) -> None:
     """SIGKILL rounds, then SIGTERM rounds (unless ``handover`` is None), on one
-    cluster (each victim restarted)."""
+    cluster (each victim restarted). ``phases``: see :func:`_change_of_leader`."""
     with system.cluster(config) as cluster:
         cluster.start(timeout=config.bound)
         for round_no in range(1, config.rounds + 1):
             _change_of_leader(
-                config, cluster, failover, round_no, cluster.kill, "failover", system.leads
+                config, cluster, failover, round_no, cluster.kill, "failover", system.leads, phases
             )
         if handover is None:
             return
@@ -423,6 +455,8 @@ def make_figures(config: BenchConfig, system: System = GOELECT) -> dict[str, Fig
             "ms",
             target=f"median <= {1.5 * T:g} ms" if ours else "",
         ),
+        "detect": Figure("  failover part 1: SIGKILL -> first candidacy (election timer)", "ms"),
+        "elect": Figure("  failover part 2: first candidacy -> new leader leads", "ms"),
         "handover": Figure("hand-over after SIGTERM of the leader", "ms", target="median <= 30 ms"),
         "leader_cpu": Figure("idle CPU, leader", "% of a core", target="<= 1 %" if ours else ""),
         "follower_cpu": Figure(
@@ -449,7 +483,8 @@ def measure(
     elif part == "changes":
         what = "failover and hand-over" if "handover" in figures else "failover"
         _say(config, f"{label} {what}, {config.rounds} rounds each")
-        bench_changes(config, figures["failover"], figures.get("handover"), system)
+        phases = (figures["detect"], figures["elect"])
+        bench_changes(config, figures["failover"], figures.get("handover"), system, phases)
     elif part == "idle":
         _say(config, f"{label} idle CPU over {config.idle_seconds:g} s")
         bench_idle_cpu(config, figures["leader_cpu"], figures["follower_cpu"], system)

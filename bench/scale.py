@@ -145,9 +145,11 @@ def run_scale(config: ScaleConfig) -> dict[str, Any]:
             started = cluster.nodes[e.node].started_mono
             if e.kind == "ready" and started is not None:
                 spawn.samples.append((e.mono - started) * 1000)
-        late = [e.node for e in cluster.events if e.kind == "started" and e.mono > start_mono + 0.1]
-        if late:
-            first.note = agreed.note = f"{len(late)} nodes started their elector late: {late}"
+        # At the set time all processes wake at once on a few cores: the last
+        # elector starts a little later than the first.
+        started = [e.mono for e in cluster.events if e.kind == "started"]
+        lag = (max(started) - start_mono) * 1000
+        first.note = agreed.note = f"the last elector started {lag:.0f} ms after the set time"
         leases = [e for e in cluster.events if e.kind == "lease"]
         when = _agreed_at(list(cluster.events), set(cluster.nodes), "lease")
         if not leases or when is None:

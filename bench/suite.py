@@ -40,7 +40,7 @@ from bench.scale import ScaleConfig, run_scale, scale_title
 __all__ = ["SuiteConfig", "compare", "format_report", "run_suite", "targets", "write_suite"]
 
 #: The figures compared between the systems, by key.
-COMPARED = ("cold", "failover", "leader_cpu", "follower_cpu")
+COMPARED = ("cold", "failover", "detect", "elect", "leader_cpu", "follower_cpu")
 
 
 @dataclass
