@@ -160,12 +160,8 @@ class _Reporter:
         if leader != self._leader:
             self._leader = leader
             address = getattr(leader, "address", None)
-            emit(
-                "leader_changed",
-                self.node_id,
-                leader=self.names.get(address, address) if leader is not None else None,
-                term=obj._getTerm(),
-            )
+            name = self.names.get(address, address) if isinstance(address, str) else None
+            emit("leader_changed", self.node_id, leader=name, term=obj._getTerm())
 
 
 def main(argv: list[str] | None = None) -> int:

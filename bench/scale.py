@@ -147,8 +147,8 @@ def run_scale(config: ScaleConfig) -> dict[str, Any]:
                 spawn.samples.append((e.mono - started) * 1000)
         # At the set time all processes wake at once on a few cores: the last
         # elector starts a little later than the first.
-        started = [e.mono for e in cluster.events if e.kind == "started"]
-        lag = (max(started) - start_mono) * 1000
+        starts = [e.mono for e in cluster.events if e.kind == "started"]
+        lag = (max(starts) - start_mono) * 1000
         first.note = agreed.note = f"the last elector started {lag:.0f} ms after the set time"
         leases = [e for e in cluster.events if e.kind == "lease"]
         when = _agreed_at(list(cluster.events), set(cluster.nodes), "lease")

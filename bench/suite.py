@@ -232,7 +232,9 @@ def format_report(report: dict[str, Any]) -> str:
     for run in report["runs"]:
         parts.append(format_table(run))
     if report["comparison"]:
-        rows = [("figure", "nodes", "flask-goelect", "pysyncobj", "ratio (median)")]
+        rows: list[tuple[str, ...]] = [
+            ("figure", "nodes", "flask-goelect", "pysyncobj", "ratio (median)")
+        ]
         for c in report["comparison"]:
             rows.append(
                 (
@@ -250,9 +252,11 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("scale"):
         parts.append(format_table(report["scale"], scale_title(report["scale"])))
     if report["targets"]:
-        rows = [("target", "measured", "met")]
-        rows += [(t["target"], t["value"], "yes" if t["met"] else "NO") for t in report["targets"]]
-        parts.append("Targets\n\n" + _grid(rows))
+        checks: list[tuple[str, ...]] = [("target", "measured", "met")]
+        checks += [
+            (t["target"], t["value"], "yes" if t["met"] else "NO") for t in report["targets"]
+        ]
+        parts.append("Targets\n\n" + _grid(checks))
     if report["notes"]:
         parts.append("Notes\n" + "\n".join(f"  {n}" for n in report["notes"]))
     code = report.get("code") or {}
