@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["Exchange", "Fault", "FaultProxy", "LinkState", "ProxyError"]
 
@@ -334,6 +334,7 @@ class FaultProxy:
         self.errors: list[str] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._closed = False
         self._deadline = float("inf")
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -376,7 +377,11 @@ class FaultProxy:
         self.close()
 
     def __repr__(self) -> str:
-        faulty = {f"{s}->{d}": str(st.fault) for (s, d), st in self.links().items() if st.fault}
+        faulty = {
+            f"{s}->{d}": f"{st.fault}" + (f"+{st.delay * 1000:g}ms" if st.delay else "")
+            for (s, d), st in self.links().items()
+            if st.fault is not Fault.PASS or st.delay
+        }
         return f"<FaultProxy nodes={list(self.upstreams)} faults={faulty}>"
 
     def start(self) -> None:
@@ -662,7 +667,7 @@ class FaultProxy:
             return self._states[link]
 
     def _on_accept(self, key: selectors.SelectorKey, mask: int) -> None:
-        listener: socket.socket = key.fileobj  # type: ignore[assignment]
+        listener = cast(socket.socket, key.fileobj)
         link = self._by_listener[listener]
         for _ in range(64):
             try:
@@ -747,7 +752,7 @@ class FaultProxy:
             self._sel.modify(sock, events, callback)
 
     def _on_client(self, key: selectors.SelectorKey, mask: int) -> None:
-        conn = self._conn_of.get(key.fileobj)  # type: ignore[arg-type]
+        conn = self._conn_of.get(cast(socket.socket, key.fileobj))
         if conn is None or conn.closed:
             return
         if mask & selectors.EVENT_READ:
@@ -769,7 +774,7 @@ class FaultProxy:
             self._update(conn)
 
     def _on_server(self, key: selectors.SelectorKey, mask: int) -> None:
-        conn = self._conn_of.get(key.fileobj)  # type: ignore[arg-type]
+        conn = self._conn_of.get(cast(socket.socket, key.fileobj))
         if conn is None or conn.closed or conn.server is None:
             return
         if conn.connecting:
@@ -957,6 +962,9 @@ class FaultProxy:
     # -- closing ------------------------------------------------------------------------------
 
     def _close_sockets(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         for conn in list(self._conns):
             self._close(conn, reset=True)
         for sock in list(self._listeners.values()):

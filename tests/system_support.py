@@ -37,7 +37,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
@@ -142,6 +142,7 @@ class Monitor:
         #: Events per node, each tagged with the pid of the process that printed it.
         self.events: dict[str, list[tuple[int, Event]]] = defaultdict(list)
         self._pid_of: dict[str, int] = {}
+        self._max_term_of_pid: dict[int, int] = {}
         self._stop = threading.Event()
         self._deadline = time.monotonic() + lifetime
         self._conns: dict[str, http.client.HTTPConnection] = {}
@@ -226,6 +227,7 @@ class Monitor:
             return
         with self._lock:
             self.samples[node_id].append(sample)
+            self._max_term_of_pid[pid] = max(self._max_term_of_pid.get(pid, 0), sample.term)
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -298,18 +300,22 @@ class Monitor:
         return out
 
     def terms_ahead_of_disk(self, incarnations: Sequence[Incarnation]) -> int:
-        """How often a process showed (in its status) a term its state file did not
-        hold when it ended: the term is published before it is written, and no
-        message leaves before it is written, so this is allowed; it is counted."""
+        """How many processes showed (in their status) a term that their state file
+        did not hold when the node next started.
+
+        A node publishes a new term before it writes it, and sends nothing that
+        shows it before the write is done (that is checked on the wire), so a
+        crash in between is allowed to forget it; this counts how often the
+        status route showed such a term.
+        """
         count = 0
         by_node: dict[str, list[Incarnation]] = defaultdict(list)
-        for inc in incarnations:
+        for inc in sorted(incarnations, key=lambda i: i.spawned):
             by_node[inc.node].append(inc)
         with self._lock:
-            for node, incs in by_node.items():
+            for incs in by_node.values():
                 for before, after in zip(incs, incs[1:], strict=False):
-                    shown = [s.term for s in self.samples[node] if s.pid == before.pid]
-                    if shown and max(shown) > after.state.term:
+                    if self._max_term_of_pid.get(before.pid, 0) > after.state.term:
                         count += 1
         return count
 
@@ -526,6 +532,9 @@ runpy.run_module("example_app", run_name="__main__", alter_sys=True)
 """
 
 
+_W = TypeVar("_W", bound="_WatchedCluster")
+
+
 class _WatchedCluster(LocalCluster):
     """A LocalCluster that records every (re)start, tracks paused nodes and is monitored.
 
@@ -546,6 +555,9 @@ class _WatchedCluster(LocalCluster):
         self.monitor = Monitor(self, lifetime=lifetime)
         self.on_event = self.monitor.on_event
         self.forged_votes: list[tuple[str, int, str, float]] = []
+
+    def __enter__(self: _W) -> _W:
+        return self
 
     @property
     def T(self) -> float:  # noqa: N802 - the election timeout, as the papers name it
@@ -869,6 +881,8 @@ class NetnsCluster(_WatchedCluster):
     management address; nodes reach each other over their veth pairs only.
     """
 
+    net: Netns
+
     def __init__(self, nodes: int, *, lifetime: float, **kwargs: Any) -> None:
         super().__init__(nodes, lifetime=lifetime, **kwargs)
         self.net = Netns(list(self.nodes))
@@ -1103,6 +1117,7 @@ def play_round(cluster: _WatchedCluster, scenario: Scenario, seed: int) -> Round
     """
     rng = random.Random(seed)
     known = set(cluster.violations())
+    ahead = cluster.monitor.terms_ahead_of_disk(cluster.incarnations)
     leader = settle(cluster)
     result = RoundResult()
     try:
@@ -1118,6 +1133,9 @@ def play_round(cluster: _WatchedCluster, scenario: Scenario, seed: int) -> Round
     except ClusterError as exc:
         result.violations.append(f"liveness after healing: {exc}")
     result.violations += [v for v in cluster.violations() if v not in known]
+    now_ahead = cluster.monitor.terms_ahead_of_disk(cluster.incarnations)
+    if now_ahead > ahead:
+        result.counts["status showed a term not yet on disk"] += now_ahead - ahead
     result.notes = f"seed {seed}, leader was {leader.id} in term {leader.term}"
     return result
 

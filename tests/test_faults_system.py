@@ -39,8 +39,9 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -278,7 +279,9 @@ def test_ledger_check_accepts_a_quick_hand_over_and_flags_overlapping_terms() ->
     assert any("overlap" in v for v in ledger_violations(overlapping))
 
 
-def _exchange(src: str, dst: str, kind: str, request: dict, reply: dict, at: float) -> Exchange:
+def _exchange(
+    src: str, dst: str, kind: str, request: dict[str, Any], reply: dict[str, Any], at: float
+) -> Exchange:
     return Exchange(src, dst, "POST", f"/_goelect/rpc/{kind}", request, at, True, 200, reply,
                     at + 0.001, True)  # fmt: skip
 
@@ -379,6 +382,7 @@ def _changed(
 def sigkill_leader(
     cluster: FaultCluster, rng: random.Random, leader: LeaderView, result: RoundResult
 ) -> None:
+    """SIGKILL the leader at a random moment; another leads; the dead one restarts."""
     time.sleep(rng.uniform(0, cluster.T))
     mark = cluster.mark()
     killed_at = cluster.kill(leader.id)
@@ -393,6 +397,7 @@ def sigkill_leader(
 def sigkill_follower(
     cluster: FaultCluster, rng: random.Random, leader: LeaderView, result: RoundResult
 ) -> None:
+    """SIGKILL a follower for T to 3T, then restart it (the leader should not change)."""
     victim = rng.choice(_followers(cluster, leader))
     time.sleep(rng.uniform(0, cluster.T))
     mark = cluster.mark()
@@ -619,6 +624,20 @@ def restart_same_state(
         result.counts["second vote refused"] += 1
 
 
+def _campaign_of(node: str, term: int) -> Callable[[Event], bool]:
+    """Matches the event of ``node`` becoming a candidate in ``term``."""
+
+    def match(e: Event) -> bool:
+        return (
+            e.kind == "state"
+            and e.node == node
+            and e.data.get("term") == term
+            and e.data.get("state") == "candidate"
+        )
+
+    return match
+
+
 def rolling_restart(
     cluster: FaultCluster, rng: random.Random, leader: LeaderView, result: RoundResult
 ) -> None:
@@ -642,16 +661,7 @@ def rolling_restart(
                 return
             result.leaderless.append(lease.mono - signalled_at)
             term = int(lease.data["term"])
-            campaign = cluster.wait_for_event(
-                lambda e, n=lease.node, t=term: (
-                    e.kind == "state"
-                    and e.node == n
-                    and e.data.get("term") == t
-                    and e.data.get("state") == "candidate"
-                ),
-                BOUND,
-                since=mark,
-            )
+            campaign = cluster.wait_for_event(_campaign_of(lease.node, term), BOUND, since=mark)
             reason = campaign.data.get("reason", "") if campaign is not None else "?"
             if "transfer" not in str(reason):
                 result.violations.append(
