@@ -3,7 +3,9 @@
 :class:`Transport` is what the runner needs: :meth:`~Transport.send` delivers a
 request to a peer and returns the peer's reply, :meth:`~Transport.get_status`
 reads a peer's view of the cluster, :meth:`~Transport.close` releases
-everything. Every failure (peer down, timeout, HTTP error, a reply that does not
+everything; a transport may also have ``prepare(peer)``, which the runner calls
+once per peer at start to set up what a first call would otherwise pay for.
+Every failure (peer down, timeout, HTTP error, a reply that does not
 parse or that claims to come from another node) is one exception type,
 :class:`TransportError`, whose text names the peer and the problem.
 
