@@ -229,7 +229,9 @@ class ExtensionState:
         settings and signer, for the elector and for status queries."""
         from .transport import HttpTransport
 
-        return HttpTransport(url_prefix=self.url_prefix, session_factory=self._new_session)
+        return HttpTransport(
+            url_prefix=self.url_prefix, session_factory=self._new_session, signer=self.signer
+        )
 
     def _new_session(self) -> requests.Session:
         import requests

@@ -43,6 +43,7 @@ from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import ConnectionPool, HTTPConnectionPool
 
 from . import core, messages
+from .auth import AuthError, RequestSigner
 from .messages import Reply, Request
 
 __all__ = [
@@ -313,6 +314,9 @@ class HttpTransport:
     :param trust_env: whether sessions read proxy and ``.netrc`` settings from the
         environment. Off by default: traffic between replicas should go direct,
         and reading ``~/.netrc`` on every heartbeat costs CPU.
+    :param signer: signs every request and checks the signature of every reply
+        (:mod:`flask_goelect.auth`); an unsigned or forged reply is a
+        :class:`TransportError`. Without one, requests go unsigned.
 
     Every call has a ``(connect, read)`` timeout. Note that ``requests``' read
     timeout bounds each wait for data, not the whole reply; the replies here are
@@ -331,12 +335,14 @@ class HttpTransport:
         *,
         session_factory: Callable[[], requests.Session] = requests.Session,
         trust_env: bool = False,
+        signer: RequestSigner | None = None,
     ) -> None:
         if url_prefix and not url_prefix.startswith("/"):
             raise ValueError(f"url_prefix must start with '/', not {url_prefix!r}")
         self.url_prefix = url_prefix.rstrip("/")
         self._session_factory = session_factory
         self._trust_env = trust_env
+        self._signer = signer
         self._links: dict[str, _PeerLink] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -401,9 +407,9 @@ class HttpTransport:
         for link in links.values():
             link.session.close()
 
-    # The one place where a request leaves and a reply comes back: request
-    # signing (headers over method, path, sender, timestamp and body) and the
-    # verification of signed replies belong here, around the call.
+    # The one place where a request leaves and a reply comes back: the request
+    # is signed here (one signature per peer: the recipient is part of it), and
+    # the reply's signature is checked here, before the reply is parsed.
     def _exchange(
         self, peer: core.Peer, method: str, path: str, body: bytes | None, timeout: Timeout
     ) -> object:
@@ -414,6 +420,13 @@ class HttpTransport:
         if body is not None:
             request.body = body
             request.headers["Content-Length"] = str(len(body))
+        signer = self._signer
+        nonce = ""
+        if signer is not None:
+            signed, nonce = signer.request_headers(
+                method, self.url_prefix + path, peer.id, body or b""
+            )
+            request.headers.update(signed)
         done = False
         try:
             resp = route.adapter.send(
@@ -438,6 +451,7 @@ class HttpTransport:
                     raise TransportError(
                         f"{what} sent a reply over {MAX_REPLY_BYTES} bytes; too large"
                     )
+                status, reply_headers = resp.status_code, resp.headers
                 done = True
             finally:
                 if done:
@@ -450,6 +464,11 @@ class HttpTransport:
             raise TransportError(f"{what}: no reply within {timeout[1]:g}s") from None
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise TransportError(f"{what} is unreachable: {_reason(exc)}") from None
+        if signer is not None:
+            try:
+                signer.verify_reply(peer.id, nonce, status, reply_headers, content)
+            except AuthError as exc:
+                raise TransportError(f"{what}: {exc.message}") from None
         try:
             return json.loads(content)
         except ValueError:

@@ -17,23 +17,39 @@ balancers and the ``flask goelect`` commands::
     POST <prefix>/transfer  hand leadership over (needs the node's local token)
 
 Bad input never changes state and gets a JSON error that says what is wrong:
-415 for a body that is not ``application/json``, 413 for a body over
+409 for a request of another cluster, 401 for an RPC that is unsigned, forged,
+stale or replayed (with ``GOELECT_SECRET``), 403 for a sender that is not a
+peer, 415 for a body that is not ``application/json``, 413 for a body over
 :data:`MAX_BODY` bytes, 400 for malformed JSON or a message that fails
 validation, 405 for a wrong method, 404 for an unknown path under the prefix,
 503 when the elector is not running.
+
+An RPC is checked in that order, cheapest first: its headers (cluster, then the
+signature's fields and timestamp) before its body is read, the signature over
+the body before the body is parsed, the message only then. The reply to a
+signed request is signed (see :mod:`flask_goelect.auth`).
+
+``GET <prefix>/status`` shows the topology: unless ``GOELECT_STATUS_PUBLIC``,
+only signed requests of the peers and requests from this host may read it,
+and ``/leader`` and ``/health`` tell others their status code and no more.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import hmac
 import json
+import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from .auth import SIGNATURE_HEADER, AuthError, Claim, is_local_request
 from .messages import REQUEST_TYPES, MessageError, from_wire, to_wire
 
 if TYPE_CHECKING:
@@ -50,6 +66,8 @@ TOKEN_HEADER = "X-Goelect-Token"
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 View = Callable[..., Any]
+
+_log = logging.getLogger("flask_goelect")
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -95,8 +113,56 @@ def _json_errors(view: View) -> View:
     return wrapper
 
 
-def _read_message_body() -> Any:
-    if request.mimetype != "application/json":
+class _RefusalLog:
+    """Logs refused requests: at most one line per node and kind per interval.
+
+    A flood of bad requests must not flood the log; the next line says how many
+    were not logged.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last: dict[tuple[str, str], float] = {}
+        self._skipped: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def log(self, node_id: str, kind: str, text: str) -> None:
+        now = time.monotonic()
+        key = (node_id, kind)
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval:
+                self._skipped[key] += 1
+                return
+            self._last[key] = now
+            skipped = self._skipped.pop(key, 0)
+        more = f" ({skipped} more like it in the last {self.interval:g}s not logged)"
+        _log.warning("flask-goelect: node %r %s%s", node_id, text, more if skipped else "")
+
+
+_refusals = _RefusalLog()
+
+
+def _refuse(state: ExtensionState, exc: AuthError) -> Response:
+    """The answer to a request refused by :mod:`flask_goelect.auth`, logged."""
+    headers = request.headers
+    _refusals.log(
+        state.settings.node_id,
+        exc.error,
+        f"refused {request.method} {request.path[:100]!r} from {request.remote_addr}"
+        f" (sender {headers.get('X-Goelect-Sender', '')[:70]!r},"
+        f" cluster {headers.get('X-Goelect-Cluster', '')[:70]!r}):"
+        f" {exc.status} {exc.error}: {exc.message}",
+    )
+    extra = (
+        {"WWW-Authenticate": 'Goelect-HMAC-SHA256 realm="goelect"'} if exc.status == 401 else None
+    )
+    return error_response(exc.status, exc.error, exc.message, extra)
+
+
+def _read_body(*, json_only: bool = True) -> bytes | Response:
+    """The body, read at most to :data:`MAX_BODY`; a 415 or 413 answer instead."""
+    if json_only and request.mimetype != "application/json":
         got = request.mimetype or "no Content-Type"
         return error_response(
             415, "unsupported_media_type", f"send the message as application/json, not {got}"
@@ -111,61 +177,149 @@ def _read_message_body() -> Any:
         return error_response(
             413, "payload_too_large", f"the body is over {MAX_BODY} bytes; that is the limit"
         )
+    return body
+
+
+def _parse_json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
         return error_response(400, "bad_request", f"the body is not valid JSON: {exc}")
 
 
+def _read_message_body() -> Any:
+    body = _read_body()
+    if isinstance(body, Response):
+        return body
+    return _parse_json(body)
+
+
+def _signed(response: Response, state: ExtensionState, claim: Claim | None) -> Response:
+    """Sign ``response`` for the verified request of ``claim`` (nothing without one)."""
+    if claim is not None and claim.signed:
+        response.headers.update(
+            state.verifier.reply_headers(claim, response.status_code, response.get_data())
+        )
+    return response
+
+
 def _rpc_view(kind: str) -> View:
     cls: Any = REQUEST_TYPES[kind]
+    route = f"/rpc/{kind}"
 
     def rpc() -> Response:
-        data = _read_message_body()
+        state = _state()
+        verifier = state.verifier
+        try:
+            claim = verifier.check_headers(request.headers)  # type: ignore[arg-type]
+        except AuthError as exc:
+            return _refuse(state, exc)
+        body = _read_body()
+        if isinstance(body, Response):
+            return body
+        try:
+            verifier.verify(claim, "POST", state.url_prefix + route, body)
+        except AuthError as exc:
+            return _refuse(state, exc)
+        data = _parse_json(body)
         if isinstance(data, Response):
             return data
         try:
             msg = from_wire(cls, data)
         except MessageError as exc:
             return error_response(400, "bad_request", str(exc))
-        reply = _state().handle(msg)
+        try:
+            if claim.sender and msg.sender != claim.sender:
+                raise AuthError(
+                    403,
+                    "forbidden",
+                    f"the message's sender {msg.sender!r} is not the sender of the request"
+                    f" ({claim.sender!r})",
+                )
+            verifier.check_sender(msg.sender)
+        except AuthError as exc:
+            return _refuse(state, exc)
+        reply = state.handle(msg)
         if reply is None:
             return error_response(503, "not_running", "the elector of this node is not running")
-        return json_response(to_wire(reply))
+        return _signed(json_response(to_wire(reply)), state, claim)
 
     rpc.__name__ = f"rpc_{kind.replace('-', '_')}"
     return rpc
 
 
+def _reader(state: ExtensionState, route: str) -> Claim | Response | None:
+    """May this request read the node's status? Its verified claim if it is signed,
+    None if it may read without one, else the refusal."""
+    verifier = state.verifier
+    if verifier.signs and request.headers.get(SIGNATURE_HEADER):
+        try:
+            claim = verifier.check_headers(request.headers)  # type: ignore[arg-type]
+        except AuthError as exc:
+            return _refuse(state, exc)
+        body = _read_body(json_only=False)
+        if isinstance(body, Response):
+            return body
+        try:
+            verifier.verify(claim, request.method, state.url_prefix + route, body, allow_self=True)
+        except AuthError as exc:
+            return _refuse(state, exc)
+        return claim
+    if state.settings.status_public or is_local_request(
+        request.remote_addr,
+        request.headers,  # type: ignore[arg-type]
+    ):
+        return None
+    return error_response(
+        401,
+        "status_not_public",
+        "the status of this node is not public (GOELECT_STATUS_PUBLIC is false): read it"
+        " from the node's host, or as a peer with a signed request",
+        {"WWW-Authenticate": 'Goelect-HMAC-SHA256 realm="goelect"'},
+    )
+
+
+def _sees_details(state: ExtensionState, route: str) -> bool:
+    """Whether ``/leader`` and ``/health`` may show ids, terms and addresses."""
+    return not isinstance(_reader(state, route), Response)
+
+
 def status() -> Response:
-    """This node's view of the election."""
-    return json_response(_state().status())
+    """This node's view of the election (for the peers and this host, unless public)."""
+    state = _state()
+    reader = _reader(state, "/status")
+    if isinstance(reader, Response):
+        return reader
+    return _signed(json_response(state.status()), state, reader)
 
 
 def leader() -> Response:
     """200 only on the leader holding a valid lease: a load balancer's health check."""
     state = _state()
     snap = state.elector.snapshot
-    body = {
-        "node_id": snap.node_id,
-        "is_leader": False,
-        "state": snap.state,
-        "term": snap.term,
-        "leader_id": snap.leader_id,
-        "leader_address": snap.leader_address or None,
-    }
-    if snap.is_leader():
-        body["is_leader"] = True
-        return json_response(body)
-    return json_response(body, 503)
+    is_leader = snap.is_leader()
+    body: dict[str, Any] = {"is_leader": is_leader}
+    if _sees_details(state, "/leader"):
+        body = {
+            "node_id": snap.node_id,
+            "is_leader": is_leader,
+            "state": snap.state,
+            "term": snap.term,
+            "leader_id": snap.leader_id,
+            "leader_address": snap.leader_address or None,
+        }
+    return json_response(body, 200 if is_leader else 503)
 
 
 def health() -> Response:
     """200 while the elector runs (whatever its role), else 503."""
     state = _state()
-    snap = state.elector.snapshot
-    body = {"node_id": snap.node_id, "running": state.running, "state": snap.state}
-    return json_response(body, 200 if state.running else 503)
+    running = state.running
+    body: dict[str, Any] = {"running": running}
+    if _sees_details(state, "/health"):
+        snap = state.elector.snapshot
+        body = {"node_id": snap.node_id, "running": running, "state": snap.state}
+    return json_response(body, 200 if running else 503)
 
 
 def transfer() -> Response:

@@ -11,8 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
-from flask_testing_compat import make_app, no_leaked_context  # noqa: F401
+from flask import Flask, request
+from flask_testing_compat import (  # noqa: F401
+    Cluster,
+    LiveServer,
+    free_port,
+    make_app,
+    no_leaked_context,
+    wait_until,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +38,9 @@ from flask_goelect.auth import (
     RequestVerifier,
     is_loopback,
 )
-from flask_goelect.core import ConfigError
+from flask_goelect.core import ConfigError, Peer
+from flask_goelect.messages import VoteRequest
+from flask_goelect.transport import HttpTransport, TransportError
 
 SECRET = "s3cret-s3cret-s3cret-s3cret"
 OLD_SECRET = "old-old-old-old-old-old-old"
@@ -519,3 +528,447 @@ def test_a_local_request_is_from_loopback_and_not_proxied() -> None:
     assert not is_local_request(None, {})
     for header in ("Forwarded", "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Host"):
         assert not is_local_request("127.0.0.1", {header: "203.0.113.9"})
+
+
+# -- the routes of a node with a secret ---------------------------------------------------------
+
+P = "/_goelect"
+
+
+class SecuredNode:
+    """A running node n1 (peers unreachable, never times out during a test) with a secret,
+    and signers for its peers, to talk to it through the Flask test client."""
+
+    def __init__(self, tmp_path: Path, **config: Any) -> None:
+        self.state_file = tmp_path / "n1.json"
+        self.app = make_app(
+            GOELECT_SECRET=SECRET,
+            GOELECT_CLUSTER="prod",
+            GOELECT_ELECT_TIMEOUT=20000,
+            GOELECT_HEARTBEAT_INTERVAL=2000,
+            GOELECT_STATE_FILE=str(self.state_file),
+            **config,
+        )
+        self.elect = LeaderElect(self.app)
+        self.elect.start()
+        self.client = self.app.test_client()
+        self.keyring = Keyring([SECRET])
+
+    def signer(
+        self, sender: str = "n2", keyring: Keyring | None = None, **kw: Any
+    ) -> RequestSigner:
+        return RequestSigner(keyring or self.keyring, kw.pop("cluster", "prod"), sender, **kw)
+
+    def post(
+        self,
+        route: str,
+        msg: Any,
+        *,
+        signer: RequestSigner | None = None,
+        headers: dict[str, str] | None = None,
+        recipient: str = "n1",
+    ) -> tuple[Any, str]:
+        body = msg if isinstance(msg, bytes) else json.dumps(msg).encode()
+        nonce = ""
+        all_headers = {"Content-Type": "application/json"}
+        if signer is not None:
+            signed, nonce = signer.request_headers("POST", P + route, recipient, body)
+            all_headers.update(signed)
+        all_headers.update(headers or {})
+        return self.client.post(P + route, data=body, headers=all_headers), nonce
+
+    def node_state(self) -> tuple[Any, str, str | None, int]:
+        from flask_goelect.storage import FileStorage
+
+        storage = FileStorage(self.state_file)
+        try:
+            hard = storage.load()
+        finally:
+            storage.close()
+        snap = self.app.extensions["goelect"].elector.snapshot
+        return hard, snap.state, snap.leader_id, snap.term
+
+    def close(self) -> None:
+        self.elect.stop(transfer=False)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Any:
+    secured = SecuredNode(tmp_path)
+    try:
+        yield secured
+    finally:
+        secured.close()
+
+
+def reply_headers_of(response: Any) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items()}
+
+
+def test_a_signed_vote_is_granted_and_its_reply_signed(node: SecuredNode) -> None:
+    signer = node.signer("n2")
+    response, nonce = node.post("/rpc/vote", {"sender": "n2", "term": 3}, signer=signer)
+    assert response.status_code == 200, response.json
+    assert response.json["granted"] is True
+    signer.verify_reply("n1", nonce, 200, reply_headers_of(response), response.data)
+    hard = node.node_state()[0]
+    assert (hard.term, hard.voted_for) == (3, "n2")
+
+
+def test_refused_requests_change_nothing(node: SecuredNode) -> None:
+    node.post("/rpc/vote", {"sender": "n2", "term": 3}, signer=node.signer("n2"))
+    before = node.node_state()
+    danger = {"sender": "n3", "term": 99}  # would make n1 vote in term 99
+    heartbeat = {"sender": "n3", "term": 99, "seq": 1}
+    recorded, _ = node.signer("n3").request_headers(
+        "POST", P + "/rpc/vote", "n1", json.dumps(danger).encode()
+    )
+    accepted, _ = node.post("/rpc/vote", danger, headers={**recorded})  # the original
+    assert accepted.status_code == 200
+    before = node.node_state()
+    assert before[3] == 99
+    far = {"sender": "n3", "term": 500}
+    cases: list[tuple[str, Any, int, str]] = [
+        (
+            "unsigned",
+            node.post("/rpc/vote", far, headers={CLUSTER_HEADER: "prod"})[0],
+            401,
+            "not signed",
+        ),
+        (
+            "unsigned but names a sender",
+            node.post("/rpc/vote", far, headers={SENDER_HEADER: "n3", CLUSTER_HEADER: "prod"})[0],
+            401,
+            "not signed",
+        ),
+        (
+            "wrong secret",
+            node.post(
+                "/rpc/vote", far, signer=node.signer("n3", Keyring(["a-guess-a-guess-a-guess"]))
+            )[0],
+            401,
+            "does not match",
+        ),
+        (
+            "meant for another node",
+            node.post("/rpc/vote", far, signer=node.signer("n3"), recipient="n2")[0],
+            401,
+            "does not match",
+        ),
+        (
+            "replayed",
+            node.post("/rpc/vote", danger, headers={**recorded})[0],
+            401,
+            "already received",
+        ),
+        (
+            "body swapped",
+            node.post("/rpc/vote", far, headers={**recorded})[0],
+            401,
+            "does not match",
+        ),
+        (
+            "too old",
+            node.post("/rpc/vote", far, signer=node.signer("n3", clock=lambda: time.time() - 600))[
+                0
+            ],
+            401,
+            "ago",
+        ),
+        (
+            "from the future",
+            node.post("/rpc/vote", far, signer=node.signer("n3", clock=lambda: time.time() + 600))[
+                0
+            ],
+            401,
+            "future",
+        ),
+        (
+            "heartbeat route, vote signature",
+            node.post("/rpc/heartbeat", heartbeat, headers={**recorded})[0],
+            401,
+            "does not match",
+        ),
+        (
+            "another cluster",
+            node.post("/rpc/vote", far, signer=node.signer("n3", cluster="staging"))[0],
+            409,
+            "another cluster",
+        ),
+        (
+            "no cluster",
+            node.post("/rpc/vote", far, signer=node.signer("n3", cluster=""))[0],
+            409,
+            "another cluster",
+        ),
+        (
+            "a stranger with the secret",
+            node.post("/rpc/vote", {**far, "sender": "n9"}, signer=node.signer("n9"))[0],
+            403,
+            "not a peer",
+        ),
+        (
+            "itself",
+            node.post("/rpc/vote", {**far, "sender": "n1"}, signer=node.signer("n1"))[0],
+            403,
+            "not a peer",
+        ),
+        (
+            "signed by one peer, in the name of another",
+            node.post("/rpc/vote", far, signer=node.signer("n2"))[0],
+            403,
+            "not the sender",
+        ),
+    ]
+    for what, response, status, words in cases:
+        assert response.status_code == status, (what, response.json)
+        assert response.mimetype == "application/json", what
+        assert words in response.json["message"], (what, response.json)
+        assert SIGNATURE_HEADER not in response.headers, what
+        if status == 401:
+            assert response.headers["WWW-Authenticate"].startswith("Goelect-HMAC-SHA256"), what
+        assert node.node_state() == before, what
+
+
+def test_bad_input_is_checked_after_the_signature(node: SecuredNode) -> None:
+    signer = node.signer("n2")
+    before = node.node_state()
+    for body, content_type, status in [
+        (b"{not json", "application/json", 400),
+        (json.dumps({"sender": "n2", "term": -1}).encode(), "application/json", 400),
+        (json.dumps({"sender": "n2", "term": 1}).encode(), "text/plain", 415),
+        (b"x" * 20000, "application/json", 413),
+    ]:
+        response, _ = node.post(
+            "/rpc/vote", body, signer=signer, headers={"Content-Type": content_type}
+        )
+        assert response.status_code == status, response.json
+    # An unsigned request is refused before its body is looked at.
+    response, _ = node.post(
+        "/rpc/vote", b"x" * 20000, headers={"Content-Type": "text/plain", CLUSTER_HEADER: "prod"}
+    )
+    assert response.status_code == 401
+    assert node.node_state() == before
+
+
+def test_refusals_are_logged_but_not_flooded(
+    node: SecuredNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flask_goelect import views
+
+    views._refusals._last.clear()
+    with caplog.at_level(logging.WARNING, logger="flask_goelect"):
+        for _ in range(5):
+            response, _ = node.post(
+                "/rpc/vote", {"sender": "n3", "term": 9}, signer=node.signer("n3", cluster="other")
+            )
+            assert response.status_code == 409
+    lines = [r.getMessage() for r in caplog.records if "wrong_cluster" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "'other'" in lines[0] and "n3" in lines[0] and "127.0.0.1" in lines[0]
+    log = views._RefusalLog(interval=0.0)
+    with caplog.at_level(logging.WARNING, logger="flask_goelect"):
+        caplog.clear()
+        log.log("n1", "x", "refused one")
+        log.log("n1", "x", "refused two")
+    assert len(caplog.records) == 2
+
+
+REMOTE = {"REMOTE_ADDR": "203.0.113.7"}
+
+
+def test_status_is_for_the_peers_and_this_host(node: SecuredNode) -> None:
+    client = node.client
+    assert client.get(P + "/status").status_code == 200  # loopback
+    remote = client.get(P + "/status", environ_base=REMOTE)
+    assert remote.status_code == 401 and remote.json["error"] == "status_not_public"
+    proxied = client.get(P + "/status", headers={"X-Forwarded-For": "203.0.113.7"})
+    assert proxied.status_code == 401
+    # A peer signs its request: it may read from anywhere, and the reply is signed.
+    signer = node.signer("n2")
+    headers, nonce = signer.request_headers("GET", P + "/status", "n1", b"")
+    signed = client.get(P + "/status", headers=headers, environ_base=REMOTE)
+    assert signed.status_code == 200 and signed.json["node_id"] == "n1"
+    signer.verify_reply("n1", nonce, 200, reply_headers_of(signed), signed.data)
+    # ... once.
+    again = client.get(P + "/status", headers=headers, environ_base=REMOTE)
+    assert again.status_code == 401 and again.json["error"] == "replayed_request"
+    # Its own id is allowed here (flask goelect status on the node's host).
+    headers, _ = node.signer("n1").request_headers("GET", P + "/status", "n1", b"")
+    assert client.get(P + "/status", headers=headers, environ_base=REMOTE).status_code == 200
+    # The health checks keep their codes, without details, for others.
+    leader = client.get(P + "/leader", environ_base=REMOTE)
+    assert leader.status_code == 503 and leader.json == {"is_leader": False}
+    health = client.get(P + "/health", environ_base=REMOTE)
+    assert health.status_code == 200 and health.json == {"running": True}
+    assert client.get(P + "/health").json["node_id"] == "n1"
+
+
+def test_public_status(tmp_path: Path) -> None:
+    secured = SecuredNode(tmp_path, GOELECT_STATUS_PUBLIC=True)
+    try:
+        remote = secured.client.get(P + "/status", environ_base=REMOTE)
+        assert remote.status_code == 200 and remote.json["node_id"] == "n1"
+        assert secured.client.get(P + "/leader", environ_base=REMOTE).json["node_id"] == "n1"
+    finally:
+        secured.close()
+
+
+def test_without_a_secret_the_cluster_and_sender_are_still_checked(tmp_path: Path) -> None:
+    app = make_app(
+        GOELECT_CLUSTER="prod", GOELECT_ELECT_TIMEOUT=20000, GOELECT_HEARTBEAT_INTERVAL=2000
+    )
+    elect = LeaderElect(app)
+    elect.start()
+    try:
+        client = app.test_client()
+        vote = {"sender": "n2", "term": 3}
+        assert client.post(P + "/rpc/vote", json=vote).status_code == 409
+        ok = client.post(P + "/rpc/vote", json=vote, headers={CLUSTER_HEADER: "prod"})
+        assert ok.status_code == 200 and SIGNATURE_HEADER not in ok.headers
+        stranger = client.post(
+            P + "/rpc/vote", json={"sender": "n9", "term": 4}, headers={CLUSTER_HEADER: "prod"}
+        )
+        assert stranger.status_code == 403
+        mismatch = client.post(
+            P + "/rpc/vote",
+            json={"sender": "n2", "term": 4},
+            headers={CLUSTER_HEADER: "prod", SENDER_HEADER: "n3"},
+        )
+        assert mismatch.status_code == 403
+        assert elect.term == 3
+    finally:
+        elect.stop(transfer=False)
+
+
+# -- replies, end to end ------------------------------------------------------------------------
+
+
+def test_the_transport_refuses_unsigned_forged_and_replayed_replies() -> None:
+    peer_keyring = Keyring([SECRET])
+    verifier = RequestVerifier(peer_keyring, "prod", "n2", PEERS, max_age=32.0)
+    mode = {"now": "signed"}
+    recorded: dict[str, str] = {}
+    fake = Flask("fake_peer")
+
+    @fake.post(P + "/rpc/vote")
+    def vote() -> Any:
+        claim = verifier.check_headers(request.headers)  # type: ignore[arg-type]
+        verifier.verify(claim, "POST", P + "/rpc/vote", request.get_data())
+        body = json.dumps({"sender": "n2", "term": 1, "granted": True}).encode()
+        headers = {"Content-Type": "application/json"}
+        if mode["now"] == "signed":
+            headers.update(verifier.reply_headers(claim, 200, body))
+            recorded.update(headers)
+        elif mode["now"] == "forged":
+            forger = RequestVerifier(
+                Keyring(["not-the-secret-at-all"]), "prod", "n2", PEERS, max_age=32
+            )
+            headers.update(forger.reply_headers(claim, 200, body))
+        elif mode["now"] == "replayed":
+            headers.update(recorded)
+        return body, 200, headers
+
+    server = LiveServer(fake, free_port()).start()
+    transport = HttpTransport(signer=RequestSigner(Keyring([SECRET]), "prod", "n1"))
+    peer = Peer("n2", server.url)
+    try:
+        assert transport.send(peer, VoteRequest("n1", 1), (1.0, 2.0)).granted
+        for what, words in [
+            ("unsigned", "not signed"),
+            ("forged", "wrong signature"),
+            ("replayed", "wrong signature"),
+        ]:
+            mode["now"] = what
+            with pytest.raises(TransportError, match=words):
+                transport.send(peer, VoteRequest("n1", 1), (1.0, 2.0))
+        mode["now"] = "signed"
+        assert transport.send(peer, VoteRequest("n1", 1), (1.0, 2.0)).granted
+    finally:
+        transport.close()
+        server.stop()
+
+
+def _node_app(node_id: str, peers: list[str], folder: Path, **config: Any) -> Flask:
+    return make_app(
+        node_id,
+        GOELECT_PEERS=peers,
+        GOELECT_STATE_FILE=str(folder / f"{node_id}.json"),
+        GOELECT_ELECT_TIMEOUT=300,
+        GOELECT_HEARTBEAT_INTERVAL=30,
+        GOELECT_CONNECT_TIMEOUT=0.3,
+        **config,
+    )
+
+
+@pytest.mark.parametrize(
+    "odd_one",
+    [
+        {"GOELECT_SECRET": "another-secret-another-secret"},
+        {"GOELECT_SECRET": None},
+        {"GOELECT_CLUSTER": "staging"},
+    ],
+    ids=["wrong-secret", "no-secret", "other-cluster"],
+)
+def test_a_node_with_other_credentials_cannot_disturb_the_cluster(
+    tmp_path: Path, odd_one: dict[str, Any]
+) -> None:
+    ports = [free_port() for _ in range(3)]
+    ids = ["n1", "n2", "n3"]
+    peers = [f"{i}=http://127.0.0.1:{p}" for i, p in zip(ids, ports, strict=True)]
+    base = {"GOELECT_SECRET": SECRET, "GOELECT_CLUSTER": "prod"}
+    apps = {
+        i: _node_app(i, peers, tmp_path, **(base | (odd_one if i == "n3" else {}))) for i in ids
+    }
+    elect = LeaderElect()
+    servers = []
+    for app, port in zip(apps.values(), ports, strict=True):
+        elect.init_app(app)
+        servers.append(LiveServer(app, port).start())
+    states = {i: apps[i].extensions["goelect"] for i in ids}
+    try:
+        for node_id in ("n1", "n2"):
+            states[node_id].start()
+
+        def one_leader() -> str | None:
+            leaders = [i for i in ("n1", "n2") if states[i].elector.snapshot.is_leader()]
+            return leaders[0] if len(leaders) == 1 else None
+
+        leader = wait_until(one_leader, 10)
+        term = states[leader].elector.snapshot.term
+        states["n3"].start()
+        time.sleep(1.5)  # n3 times out several times and campaigns
+        assert one_leader() == leader
+        assert states[leader].elector.snapshot.term == term
+        n3 = states["n3"].elector.snapshot
+        assert not n3.is_leader()
+        if odd_one.get("GOELECT_SECRET", SECRET) is None:
+            # A node without the secret takes anyone's word (it is the unprotected
+            # one), but the others take none of its answers.
+            error = states[leader].status()["last_send_error"]["n3"]
+            assert "not signed" in error, error
+        else:
+            assert n3.leader_id is None and n3.state == "candidate"
+            errors = states["n3"].status()["last_send_error"]
+            assert errors and all("401" in e or "409" in e for e in errors.values()), errors
+    finally:
+        for state in states.values():
+            state.stop(transfer=False, timeout=2)
+        for server in servers:
+            server.stop()
+
+
+def test_a_secured_cluster_elects_and_shows_its_status(tmp_path: Path) -> None:
+    cluster = Cluster(3, tmp_path, GOELECT_SECRET=[SECRET, OLD_SECRET], GOELECT_CLUSTER="prod")
+    try:
+        leader = cluster.wait_for_one_leader()
+        view = cluster.state(leader).cluster_state(timeout=3)
+        assert all(entry["reachable"] for entry in view.values()), view
+        assert {entry["leader_id"] for entry in view.values()} == {leader}
+        # Hand-over and failover work signed.
+        cluster.state(leader).transfer_leadership()
+        second = cluster.wait_for_one_leader(exclude=leader)
+        cluster.state(second).stop(transfer=False)
+        cluster.wait_for_one_leader(exclude=second)
+    finally:
+        cluster.close()

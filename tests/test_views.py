@@ -104,10 +104,12 @@ class RoutesTest(TestCase):
         self.assertFalse(response.json["accepted"])
 
     def test_a_stranger_changes_nothing(self) -> None:
+        # A sender that is not a peer (or this node itself) is refused before the
+        # elector sees the message.
         before = self.node_state()
-        response = self.post("/rpc/vote", vote("intruder", 50))
-        self.assert200(response)
-        self.assertFalse(response.json["granted"])
+        for sender in ("intruder", "n1"):
+            response = self.post("/rpc/vote", vote(sender, 50))
+            self.assert_refused(response, 403, "not a peer")
         self.assertEqual(self.node_state(), before)
 
     # -- bad input: a JSON 4xx that says what is wrong, and no change ------------------
