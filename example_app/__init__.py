@@ -1,7 +1,9 @@
 """A small real app that uses all of flask-goelect (see ``docs/example_app.md``).
 
 ``create_app(config=None)`` makes the app (settings from the environment,
-overridden by ``config``); ``elect`` is its :class:`flask_goelect.LeaderElect`.
+every ``GOELECT_*`` variable included, such as ``GOELECT_SECRET`` and
+``GOELECT_CLUSTER``, overridden by ``config``); ``elect`` is its
+:class:`flask_goelect.LeaderElect`.
 Run one node with ``python -m example_app``, a local cluster with
 ``python -m example_app.cluster``; under another WSGI server use
 ``example_app:create_app()``.

@@ -27,6 +27,7 @@ from flask.typing import ResponseReturnValue
 
 from flask_goelect import LeaderElect, leader_only, signals
 from flask_goelect.decorators import current_term
+from flask_goelect.views import may_read_status
 
 from .ledger import Ledger, tail_ledger
 
@@ -168,7 +169,19 @@ def ledger_job(ctx: Any) -> None:
 
 @bp.get("/")
 def index() -> ResponseReturnValue:
-    """This node's view of the cluster: its own status and every node's."""
+    """This node's view of the cluster: its own status and every node's.
+
+    It shows the topology, so it follows ``GOELECT_STATUS_PUBLIC`` like
+    ``GET /_goelect/status``: unless that is true, only this host (or a peer's
+    signed request) may see it.
+    """
+    if not may_read_status():
+        return (
+            "<!doctype html><title>Not public</title><p>This page shows the cluster's"
+            " topology: it is served to this node's host only (GOELECT_STATUS_PUBLIC is"
+            " false).</p>",
+            401,
+        )
     settings = current_app.extensions["goelect"].settings
     status = elect.status()
     cluster = elect.cluster_state(timeout=min(1.0, settings.elect_timeout))

@@ -5,6 +5,10 @@
     python -m example_app --node-id n1 --listen 127.0.0.1:5001 \\
         --peers n1=http://127.0.0.1:5001,n2=http://127.0.0.1:5002,n3=http://127.0.0.1:5003
 
+With ``--secret`` (or the ``GOELECT_SECRET`` environment variable, better:
+a command line is visible to every user of the host) and ``--cluster`` (or
+``GOELECT_CLUSTER``) every RPC is signed and other clusters are refused.
+
 The process is monkey-patched by ``example_app/__main__.py`` before anything
 else is imported (the library itself never patches). The server binds first,
 then the elector starts, so that peers never find the node electing but not
@@ -50,6 +54,7 @@ from flask import Flask
 from gevent.pywsgi import WSGIServer
 
 from flask_goelect import signals
+from flask_goelect.core import ConfigError
 from flask_goelect.runner import NoDelayWSGIHandler
 
 __all__ = ["build_config", "emit", "main", "parse_args"]
@@ -124,6 +129,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " else http://HOST:PORT of --listen)",
     )
     parser.add_argument(
+        "--secret",
+        default=None,
+        metavar="SECRET",
+        help="the secret shared by the nodes (GOELECT_SECRET, at least 16 characters):"
+        " every RPC is signed with it; 'new,old' rotates keys. Prefer the GOELECT_SECRET"
+        " environment variable: a command line is visible to every user of the host",
+    )
+    parser.add_argument(
+        "--cluster",
+        default=None,
+        metavar="NAME",
+        help="the cluster's name (GOELECT_CLUSTER), the same on every node; requests of"
+        " another cluster are refused (default: the GOELECT_CLUSTER environment variable,"
+        " else none)",
+    )
+    parser.add_argument(
         "--elect-timeout", type=_positive_ms, default=None, metavar="MS", help="default 2000"
     )
     parser.add_argument(
@@ -185,6 +206,11 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     elif not listed:
         shown = f"[{host}]" if ":" in host else host
         config["GOELECT_NODE_ADDRESS"] = f"http://{shown}:{port}"
+    # Not given: create_app reads GOELECT_SECRET and GOELECT_CLUSTER from the environment.
+    if args.secret:
+        config["GOELECT_SECRET"] = args.secret
+    if args.cluster is not None:
+        config["GOELECT_CLUSTER"] = args.cluster
     if args.elect_timeout is not None:
         config["GOELECT_ELECT_TIMEOUT"] = args.elect_timeout
     if args.heartbeat_interval is not None:
@@ -277,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from example_app.factory import create_app, elect
 
-    app = create_app(build_config(args))
+    try:
+        app = create_app(build_config(args))
+    except ConfigError as exc:  # a wrong option or GOELECT_* variable: say which, and how
+        print(f"python -m example_app: {exc}", file=sys.stderr)
+        return 2
     printer = _EventPrinter(app, node_id)
     with app.app_context():
         elect.leader_task(printer.on_lease)

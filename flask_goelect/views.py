@@ -55,7 +55,7 @@ from .messages import REQUEST_TYPES, MessageError, from_wire, to_wire
 if TYPE_CHECKING:
     from .extension import ExtensionState
 
-__all__ = ["MAX_BODY", "TOKEN_HEADER", "add_routes", "create_blueprint"]
+__all__ = ["MAX_BODY", "TOKEN_HEADER", "add_routes", "create_blueprint", "may_read_status"]
 
 #: The largest RPC body accepted, in bytes. The largest valid message (a
 #: heartbeat with 32 tags of 256 characters and a 2 KiB address) is about 11 KiB.
@@ -248,9 +248,10 @@ def _rpc_view(kind: str) -> View:
     return rpc
 
 
-def _reader(state: ExtensionState, route: str) -> Claim | Response | None:
-    """May this request read the node's status? Its verified claim if it is signed,
-    None if it may read without one, else the refusal."""
+def _reader(state: ExtensionState, path: str) -> Claim | Response | None:
+    """May this request read the node's status? Its verified claim if it is signed
+    (for ``path``, the path it was signed for), None if it may read without one,
+    else the refusal."""
     verifier = state.verifier
     if verifier.signs and request.headers.get(SIGNATURE_HEADER):
         try:
@@ -261,7 +262,7 @@ def _reader(state: ExtensionState, route: str) -> Claim | Response | None:
         if isinstance(body, Response):
             return body
         try:
-            verifier.verify(claim, request.method, state.url_prefix + route, body, allow_self=True)
+            verifier.verify(claim, request.method, path, body, allow_self=True)
         except AuthError as exc:
             return _refuse(state, exc)
         return claim
@@ -281,13 +282,25 @@ def _reader(state: ExtensionState, route: str) -> Claim | Response | None:
 
 def _sees_details(state: ExtensionState, route: str) -> bool:
     """Whether ``/leader`` and ``/health`` may show ids, terms and addresses."""
-    return not isinstance(_reader(state, route), Response)
+    return not isinstance(_reader(state, state.url_prefix + route), Response)
+
+
+def may_read_status() -> bool:
+    """Whether the current request may see the cluster's topology.
+
+    True when ``GOELECT_STATUS_PUBLIC`` is set, for a request from this host
+    (loopback, not through a proxy), and for a request a peer signed for this
+    path (its nonce is then spent). Pages of the host app that show
+    ``elect.status()`` or ``elect.cluster_state()`` use it to follow the same
+    rule as ``GET <prefix>/status``.
+    """
+    return not isinstance(_reader(_state(), request.path), Response)
 
 
 def status() -> Response:
     """This node's view of the election (for the peers and this host, unless public)."""
     state = _state()
-    reader = _reader(state, "/status")
+    reader = _reader(state, state.url_prefix + "/status")
     if isinstance(reader, Response):
         return reader
     return _signed(json_response(state.status()), state, reader)

@@ -972,3 +972,51 @@ def test_a_secured_cluster_elects_and_shows_its_status(tmp_path: Path) -> None:
         cluster.wait_for_one_leader(exclude=second)
     finally:
         cluster.close()
+
+
+# -- real processes ------------------------------------------------------------------------------
+
+
+@pytest.mark.system
+def test_a_secured_example_app_cluster_elects_fails_over_and_refuses_strangers() -> None:
+    """Three ``python -m example_app --secret ... --cluster ...`` processes."""
+    import http.client
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from example_app.cluster import LocalCluster
+
+    with LocalCluster(
+        3,
+        elect_timeout=200,
+        heartbeat_interval=50,
+        job_interval=0,
+        node_args=["--secret", SECRET, "--cluster", "prod"],
+    ) as cluster:
+        cluster.start(timeout=60.0)
+        leader = cluster.wait_for_leader(timeout=15)
+
+        def attack(node_id: str, headers: dict[str, str]) -> int:
+            node = cluster.nodes[node_id]
+            conn = http.client.HTTPConnection(node.host, node.port, timeout=5)
+            try:
+                body = json.dumps({"sender": "n1", "term": leader.term + 100})
+                conn.request(
+                    "POST",
+                    P + "/rpc/vote",
+                    body=body,
+                    headers={"Content-Type": "application/json", **headers},
+                )
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        for node_id in cluster.nodes:
+            assert attack(node_id, {CLUSTER_HEADER: "prod", SENDER_HEADER: "n1"}) == 401
+            assert attack(node_id, {CLUSTER_HEADER: "staging"}) == 409
+        assert cluster.wait_for_leader(timeout=15).term == leader.term
+        killed_at = cluster.kill(leader.id)
+        after = cluster.wait_for_leader(timeout=15, exclude=[leader.id])
+        assert after.id != leader.id and after.term > leader.term and after.mono > killed_at

@@ -190,6 +190,40 @@ def test_node_command_line_becomes_app_config(tmp_path: Path) -> None:
     assert alone["GOELECT_NODE_ADDRESS"] == "http://127.0.0.1:5009"
 
 
+def test_node_command_line_secures_the_node(
+    config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "example-secret-0123456789"
+    base = ["--node-id", "n1", "--listen", "127.0.0.1:5001"]
+    options = build_config(parse_args([*base, "--secret", secret, "--cluster", "demo"]))
+    assert options["GOELECT_SECRET"] == secret and options["GOELECT_CLUSTER"] == "demo"
+    plain = build_config(parse_args(base))
+    assert "GOELECT_SECRET" not in plain and "GOELECT_CLUSTER" not in plain
+    # Without the options, the environment variables apply (create_app reads them).
+    monkeypatch.setenv("GOELECT_SECRET", secret)
+    monkeypatch.setenv("GOELECT_CLUSTER", "from-env")
+    settings = create_app(config).extensions["goelect"].settings
+    assert settings.secrets == (secret.encode(),) and settings.cluster == "from-env"
+    settings = create_app({**config, "GOELECT_CLUSTER": "demo"}).extensions["goelect"].settings
+    assert settings.cluster == "demo"
+
+
+def test_node_with_a_bad_secret_says_which_option_is_wrong(tmp_path: Path) -> None:
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "example_app", "--node-id", "n1", "--listen", "127.0.0.1:1"]
+        + ["--secret", "short", "--state-dir", str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "GOELECT_SECRET" in result.stderr and "at least 16" in result.stderr
+    assert "short" not in result.stderr.replace("too short", "")
+
+
 def test_node_command_line_rejects_a_bad_listen_address(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse_args(["--node-id", "n1", "--listen", "5001"])
@@ -317,6 +351,17 @@ def test_page_shows_this_nodes_view_of_the_cluster(app: Flask) -> None:
         node_id, _, address = peer.partition("=")
         assert f"<td>{node_id}" in page and address in page
     assert "no: " in page  # n2 and n3 are unreachable
+
+
+def test_page_is_for_this_host_unless_the_status_is_public(config: dict[str, Any]) -> None:
+    remote = {"REMOTE_ADDR": "203.0.113.7"}
+    app = create_app(config)
+    response = app.test_client().get("/", environ_base=remote)
+    assert response.status_code == 401 and "GOELECT_STATUS_PUBLIC" in response.get_data(True)
+    proxied = app.test_client().get("/", headers={"X-Forwarded-For": "203.0.113.7"})
+    assert proxied.status_code == 401
+    public = create_app({**config, "GOELECT_STATUS_PUBLIC": True})
+    assert public.test_client().get("/", environ_base=remote).status_code == 200
 
 
 def test_page_renders_on_a_stopped_node(app: Flask) -> None:
