@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from .auth import SIGNATURE_HEADER, AuthError, Claim, is_local_request
+from .auth import AUTH_HEADER, SENDER_HEADER, AuthError, Claim, is_local_request
 from .messages import REQUEST_TYPES, MessageError, from_wire, to_wire
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def _refuse(state: ExtensionState, exc: AuthError) -> Response:
         state.settings.node_id,
         exc.error,
         f"refused {request.method} {request.path[:100]!r} from {request.remote_addr}"
-        f" (sender {headers.get('X-Goelect-Sender', '')[:70]!r},"
+        f" (sender {_claimed_sender(headers)!r},"
         f" cluster {headers.get('X-Goelect-Cluster', '')[:70]!r}):"
         f" {exc.status} {exc.error}: {exc.message}",
     )
@@ -158,6 +158,13 @@ def _refuse(state: ExtensionState, exc: AuthError) -> Response:
         {"WWW-Authenticate": 'Goelect-HMAC-SHA256 realm="goelect"'} if exc.status == 401 else None
     )
     return error_response(exc.status, exc.error, exc.message, extra)
+
+
+def _claimed_sender(headers: Any) -> str:
+    """Who a request says it comes from (for the log: not checked, shortened)."""
+    auth = headers.get(AUTH_HEADER, "")
+    sender = auth.split(" ", 2)[1] if auth.count(" ") >= 2 else headers.get(SENDER_HEADER, "")
+    return str(sender)[:70]
 
 
 def _read_body(*, json_only: bool = True) -> bytes | Response:
@@ -253,7 +260,7 @@ def _reader(state: ExtensionState, path: str) -> Claim | Response | None:
     (for ``path``, the path it was signed for), None if it may read without one,
     else the refusal."""
     verifier = state.verifier
-    if verifier.signs and request.headers.get(SIGNATURE_HEADER):
+    if verifier.signs and request.headers.get(AUTH_HEADER):
         try:
             claim = verifier.check_headers(request.headers)  # type: ignore[arg-type]
         except AuthError as exc:

@@ -51,11 +51,10 @@ from hypothesis import strategies as st
 
 from flask_goelect import messages
 from flask_goelect.auth import (
+    AUTH_HEADER,
     CLUSTER_HEADER,
     MAX_CLOCK_SKEW,
-    NONCE_HEADER,
     SENDER_HEADER,
-    SIGNATURE_HEADER,
     Keyring,
     RequestSigner,
 )
@@ -313,7 +312,7 @@ class Capture:
 
         def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             path = environ.get("PATH_INFO", "")
-            if not path.startswith(P + "/rpc/") or "HTTP_X_GOELECT_SIGNATURE" not in environ:
+            if not path.startswith(P + "/rpc/") or "HTTP_X_GOELECT_AUTH" not in environ:
                 return inner(environ, start_response)
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length) if 0 < length <= MAX_BODY else b""
@@ -509,20 +508,22 @@ def test_fuzz_every_route_of_a_secured_cluster(
             headers = signed_headers(
                 RequestSigner(good_key, CLUSTER, sender), "POST", path, target, body
             )
-            sig = headers[SIGNATURE_HEADER]
+            version, name, stamp, nonce, sig = headers[AUTH_HEADER].split(" ")
             forgeries = [
-                "v1=" + "0" * 64,
-                sig[:-1] + ("0" if sig[-1] != "0" else "1"),
-                sig[:-2],
-                sig.upper(),
-                "v2=" + sig[3:],
-                "",
-                sig + "00",
-                "v1=" + sig[3:][::-1],
+                [version, name, stamp, nonce, "0" * 64],
+                [version, name, stamp, nonce, sig[:-1] + ("0" if sig[-1] != "0" else "1")],
+                [version, name, stamp, nonce, sig[:-2]],
+                [version, name, stamp, nonce, sig.upper()],
+                ["v2", name, stamp, nonce, sig],
+                [],
+                [version, name, stamp, nonce, sig + "00"],
+                [version, name, stamp, nonce, sig[::-1]],
             ]
-            headers[SIGNATURE_HEADER] = forgeries[item.variant % len(forgeries)]
-            if not headers[SIGNATURE_HEADER]:
-                del headers[SIGNATURE_HEADER]
+            forged = " ".join(forgeries[item.variant % len(forgeries)])
+            if forged:
+                headers[AUTH_HEADER] = forged
+            else:
+                del headers[AUTH_HEADER]
             return "POST", path, body, {**base, **headers}
         if item.kind == "wrong_key":
             signer = RequestSigner(other_key, CLUSTER, sender)
@@ -641,9 +642,10 @@ def test_fuzz_every_route_of_a_secured_cluster(
                 reply = messages.from_wire(reply_type, json.loads(data))
                 assert reply.sender == ids[target], what
                 assert reply.term == terms[ids[target]], what
-                RequestSigner(good_key, CLUSTER, headers[SENDER_HEADER]).verify_reply(
+                _, signed_by, _, nonce, _ = headers[AUTH_HEADER].split(" ")
+                RequestSigner(good_key, CLUSTER, signed_by).verify_reply(
                     ids[target],
-                    headers[NONCE_HEADER],
+                    nonce,
                     status,
                     resp_headers_cased(resp_headers),
                     data,
