@@ -13,13 +13,14 @@ and every reply one over the request it answers::
     status code, and the exact body bytes
 
 so that a request cannot be moved to another route, node or cluster, nor a
-body swapped, and a recorded reply cannot answer another request. A request
-carries its fields in one header, :data:`AUTH_HEADER`
-(``v1 <sender> <timestamp> <nonce> <signature>``), and the cluster's name in
-:data:`CLUSTER_HEADER`; a reply its signature in :data:`SIGNATURE_HEADER`
-(``v1=<signature>``). The recipient is not sent, each side knows it. (One
-header rather than one per field: every header costs a few microseconds in
-each HTTP stack it crosses, more than the HMAC itself.)
+body swapped, and a recorded reply cannot answer another request. A signed
+request carries its fields in one header, :data:`AUTH_HEADER`
+(``v1 <cluster or -> <sender> <timestamp> <nonce> <signature>``); a reply its
+signature in :data:`SIGNATURE_HEADER` (``v1=<signature>``). The recipient is
+not sent, each side knows it. (One header rather than one per field: every
+header costs a few microseconds in each HTTP stack it crosses, more than the
+HMAC itself.) An unsigned request names its cluster in :data:`CLUSTER_HEADER`
+and its sender in :data:`SENDER_HEADER`.
 
 **Freshness.** A request is accepted only if its timestamp (wall clock, in
 milliseconds: it crosses machines, so the monotonic clock cannot be used) is at
@@ -74,11 +75,13 @@ __all__ = [
     "request_signing_string",
 ]
 
-#: A signed request's fields: ``v1 <sender> <timestamp ms> <nonce> <hex signature>``.
+#: A signed request's fields: ``v1 <cluster or -> <sender> <timestamp ms> <nonce>
+#: <hex signature>``.
 AUTH_HEADER = "X-Goelect-Auth"
 #: A signed reply's signature: ``v1=<hex signature>``.
 SIGNATURE_HEADER = "X-Goelect-Signature"
-#: The cluster's name, on every request when one is set (signed or not).
+#: The cluster's name on an unsigned request, when one is set (a signed request
+#: names it in AUTH_HEADER).
 CLUSTER_HEADER = "X-Goelect-Cluster"
 #: The sender of an unsigned request (a signed one names it in AUTH_HEADER).
 SENDER_HEADER = "X-Goelect-Sender"
@@ -98,10 +101,12 @@ REPLAY_CACHE_SIZE = 65536
 
 _VERSION = "v1"
 _HEX_SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
-# Sender (the same rule as messages.NODE_ID_PATTERN, kept here so that this
-# module stays standalone), timestamp in ms, nonce, signature: one match.
+# Cluster ("-" for none: a name cannot start with it), sender (both by the rule
+# of messages.NODE_ID_PATTERN, kept here so that this module stays standalone),
+# timestamp in ms, nonce, signature: one match.
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
 _AUTH_RE = re.compile(
-    r"v1 ([A-Za-z0-9][A-Za-z0-9._:-]{0,63}) ([0-9]{1,16}) ([A-Za-z0-9_-]{16,64}) ([0-9a-f]{64})"
+    rf"v1 ({_NAME}|-) ({_NAME}) ([0-9]{{1,16}}) ([A-Za-z0-9_-]{{16,64}}) ([0-9a-f]{{64}})"
 )
 
 
@@ -319,9 +324,10 @@ class RequestSigner:
         ``path`` is the path after the peer's base address (``<prefix>/rpc/vote``).
         """
         keyring = self.keyring
-        headers = {CLUSTER_HEADER: self.cluster} if self.cluster else {}
         if keyring is None:
-            headers[SENDER_HEADER] = self.node_id
+            headers = {SENDER_HEADER: self.node_id}
+            if self.cluster:
+                headers[CLUSTER_HEADER] = self.cluster
             return headers, ""
         timestamp = str(int(self._clock() * 1000))
         nonce = _new_nonce()
@@ -335,8 +341,10 @@ class RequestSigner:
             nonce=nonce,
             body=body,
         )
-        headers[AUTH_HEADER] = f"{_VERSION} {self.node_id} {timestamp} {nonce} {keyring.sign(data)}"
-        return headers, nonce
+        signature = keyring.sign(data)
+        cluster = self.cluster or "-"
+        auth = f"{_VERSION} {cluster} {self.node_id} {timestamp} {nonce} {signature}"
+        return {AUTH_HEADER: auth}, nonce
 
     def verify_reply(
         self,
@@ -441,9 +449,8 @@ class RequestVerifier:
     def signs(self) -> bool:
         return self.keyring is not None
 
-    def check_cluster(self, headers: Mapping[str, str]) -> None:
+    def _check_cluster(self, claimed: str) -> None:
         """409 unless the request names this node's cluster (or none, when it has none)."""
-        claimed = headers.get(CLUSTER_HEADER) or ""
         if claimed != self.cluster:
             raise AuthError(
                 409,
@@ -453,16 +460,30 @@ class RequestVerifier:
             )
 
     def check_headers(self, headers: Mapping[str, str]) -> Claim:
-        """Check what the headers claim before any body is read.
+        """Check what the headers claim before any body is read (see :meth:`check`)."""
+        return self.check(
+            headers.get(AUTH_HEADER) or "",
+            headers.get(CLUSTER_HEADER) or "",
+            headers.get(SENDER_HEADER) or "",
+        )
 
-        :raises AuthError: 409 (cluster), 401 (missing, malformed or stale
-            signature fields). Without a secret only the cluster is checked;
-            the caller checks the sender the message names (:meth:`check_sender`).
+    def check(self, auth: str, cluster: str = "", sender: str = "") -> Claim:
+        """Check the values of a request's :data:`AUTH_HEADER`, :data:`CLUSTER_HEADER`
+        and :data:`SENDER_HEADER` (``""`` for a missing one) before its body is read.
+
+        :raises AuthError: 409 (another cluster, named in the auth header or, on
+            an unsigned request, in the cluster header), 401 (unsigned, malformed
+            or stale). Without a secret only the cluster is checked; the caller
+            checks the sender the message names (:meth:`check_sender`).
         """
-        self.check_cluster(headers)
+        match = _AUTH_RE.fullmatch(auth) if auth else None
+        if match is not None:
+            claimed = match.group(1)
+            self._check_cluster("" if claimed == "-" else claimed)
+        elif not auth or self.keyring is None:
+            self._check_cluster(cluster)
         if self.keyring is None:
-            return Claim(headers.get(SENDER_HEADER) or "", "", "", "")
-        auth = headers.get(AUTH_HEADER)
+            return Claim(match.group(2) if match is not None else sender, "", "", "")
         if not auth:
             raise AuthError(
                 401,
@@ -470,15 +491,14 @@ class RequestVerifier:
                 f"the request is not signed (no {AUTH_HEADER} header): nodes of this cluster"
                 " sign every request with GOELECT_SECRET",
             )
-        match = _AUTH_RE.fullmatch(auth)
         if match is None:
             raise AuthError(
                 401,
                 "unauthorized",
-                f"{AUTH_HEADER} must be 'v1 <sender> <Unix time in ms> <nonce of 16-64"
-                " [A-Za-z0-9_-]> <64 hex digits>'",
+                f"{AUTH_HEADER} must be 'v1 <cluster or -> <sender> <Unix time in ms> <nonce of"
+                " 16-64 [A-Za-z0-9_-]> <64 hex digits>'",
             )
-        sender, timestamp, nonce, signature = match.groups()
+        _, sender, timestamp, nonce, signature = match.groups()
         now_ms = self._clock() * 1000
         age = (now_ms - int(timestamp)) / 1000
         if age > self.max_age:
@@ -544,11 +564,11 @@ class RequestVerifier:
         if not self.cache.add(claim.sender, claim.nonce, int(claim.timestamp), oldest_ms):
             raise AuthError(401, "replayed_request", "this request was already received")
 
-    def reply_headers(self, claim: Claim, status: int, body: bytes) -> dict[str, str]:
-        """The signature header of the reply to a verified request (none unsigned)."""
+    def reply_signature(self, claim: Claim, status: int, body: bytes) -> str:
+        """The :data:`SIGNATURE_HEADER` value of the reply to a verified signed request."""
         keyring = self.keyring
         if keyring is None or not claim.nonce:
-            return {}
+            raise ValueError("only the reply to a verified signed request is signed")
         data = reply_signing_string(
             cluster=self.cluster,
             responder=self.node_id,
@@ -557,4 +577,10 @@ class RequestVerifier:
             status=status,
             body=body,
         )
-        return {SIGNATURE_HEADER: f"{_VERSION}={keyring.sign(data)}"}
+        return f"{_VERSION}={keyring.sign(data)}"
+
+    def reply_headers(self, claim: Claim, status: int, body: bytes) -> dict[str, str]:
+        """The signature header of the reply to a verified request (none unsigned)."""
+        if self.keyring is None or not claim.nonce:
+            return {}
+        return {SIGNATURE_HEADER: self.reply_signature(claim, status, body)}

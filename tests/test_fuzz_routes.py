@@ -508,22 +508,20 @@ def test_fuzz_every_route_of_a_secured_cluster(
             headers = signed_headers(
                 RequestSigner(good_key, CLUSTER, sender), "POST", path, target, body
             )
-            version, name, stamp, nonce, sig = headers[AUTH_HEADER].split(" ")
+            version, cluster, name, stamp, nonce, sig = headers[AUTH_HEADER].split(" ")
             forgeries = [
-                [version, name, stamp, nonce, "0" * 64],
-                [version, name, stamp, nonce, sig[:-1] + ("0" if sig[-1] != "0" else "1")],
-                [version, name, stamp, nonce, sig[:-2]],
-                [version, name, stamp, nonce, sig.upper()],
-                ["v2", name, stamp, nonce, sig],
+                [version, cluster, name, stamp, nonce, "0" * 64],
+                [version, cluster, name, stamp, nonce, sig[:-1] + ("0" if sig[-1] != "0" else "1")],
+                [version, cluster, name, stamp, nonce, sig[:-2]],
+                [version, cluster, name, stamp, nonce, sig.upper()],
+                ["v2", cluster, name, stamp, nonce, sig],
                 [],
-                [version, name, stamp, nonce, sig + "00"],
-                [version, name, stamp, nonce, sig[::-1]],
+                [version, cluster, name, stamp, nonce, sig + "00"],
+                [version, cluster, name, stamp, nonce, sig[::-1]],
             ]
             forged = " ".join(forgeries[item.variant % len(forgeries)])
-            if forged:
-                headers[AUTH_HEADER] = forged
-            else:
-                del headers[AUTH_HEADER]
+            # No auth header at all: an unsigned request that names the cluster.
+            headers = {AUTH_HEADER: forged} if forged else {CLUSTER_HEADER: CLUSTER}
             return "POST", path, body, {**base, **headers}
         if item.kind == "wrong_key":
             signer = RequestSigner(other_key, CLUSTER, sender)
@@ -642,7 +640,7 @@ def test_fuzz_every_route_of_a_secured_cluster(
                 reply = messages.from_wire(reply_type, json.loads(data))
                 assert reply.sender == ids[target], what
                 assert reply.term == terms[ids[target]], what
-                _, signed_by, _, nonce, _ = headers[AUTH_HEADER].split(" ")
+                _, _, signed_by, _, nonce, _ = headers[AUTH_HEADER].split(" ")
                 RequestSigner(good_key, CLUSTER, signed_by).verify_reply(
                     ids[target],
                     nonce,
