@@ -285,7 +285,24 @@ def _new_nonce() -> str:
     return os.urandom(16).hex()
 
 
-class RequestSigner:
+class _Party:
+    """What both ends of a signed exchange hold: the keys, the cluster, this node."""
+
+    keyring: Keyring | None
+    cluster: str
+    node_id: str
+
+    def __repr__(self) -> str:
+        signed = "signed" if self.keyring is not None else "unsigned"
+        return f"<{type(self).__name__} {self.node_id!r} cluster={self.cluster!r} {signed}>"
+
+    @property
+    def signs(self) -> bool:
+        """Whether a secret is configured (else nothing is signed or checked)."""
+        return self.keyring is not None
+
+
+class RequestSigner(_Party):
     """The client's side: headers for a request, and the check of its reply.
 
     :param keyring: the secrets, or None to sign nothing (only the cluster and
@@ -307,14 +324,6 @@ class RequestSigner:
         self.cluster = cluster
         self.node_id = node_id
         self._clock = clock
-
-    def __repr__(self) -> str:
-        signed = "signed" if self.keyring is not None else "unsigned"
-        return f"<RequestSigner {self.node_id!r} cluster={self.cluster!r} {signed}>"
-
-    @property
-    def signs(self) -> bool:
-        return self.keyring is not None
 
     def request_headers(
         self, method: str, path: str, recipient: str, body: bytes
@@ -399,7 +408,7 @@ class Claim:
         return bool(self.signature)
 
 
-class RequestVerifier:
+class RequestVerifier(_Party):
     """The server's side: is a request from a peer of this cluster, fresh and unseen?
 
     Checks run cheapest first, and a body is read only after its headers passed
@@ -440,14 +449,6 @@ class RequestVerifier:
         self.max_ahead = float(max_ahead)
         self.cache = cache if cache is not None else ReplayCache()
         self._clock = clock
-
-    def __repr__(self) -> str:
-        signed = "signed" if self.keyring is not None else "unsigned"
-        return f"<RequestVerifier {self.node_id!r} cluster={self.cluster!r} {signed}>"
-
-    @property
-    def signs(self) -> bool:
-        return self.keyring is not None
 
     def _check_cluster(self, claimed: str) -> None:
         """409 unless the request names this node's cluster (or none, when it has none)."""

@@ -297,7 +297,6 @@ class Node:
         self._reset_election_timer(now)
         # Campaign state.
         self._votes: dict[str, bool] = {}
-        self._transfer_campaign = False
         # Leader state.
         self._seq = 0
         self._round_sent: dict[int, float] = {}
@@ -574,7 +573,6 @@ class Node:
         self._change_role(Role.CANDIDATE, None, reason)
         self._reset_election_timer(self._now)
         self._votes = {self.id: True}
-        self._transfer_campaign = transfer
         req = VoteRequest(self.id, self.term, transfer=transfer)
         for peer in self._other_voters:
             self._send(peer, req)

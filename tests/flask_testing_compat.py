@@ -141,7 +141,11 @@ class LiveServer:
         try:
             watcher = hub.loop.async_()
             server = WSGIServer(
-                ("127.0.0.1", self.port), self.app, handler_class=NoDelayWSGIHandler, log=None
+                ("127.0.0.1", self.port),
+                self.app,
+                handler_class=NoDelayWSGIHandler,
+                log=None,
+                **self.server_options(),
             )
             server.start()
         except BaseException as exc:  # pragma: no cover - reported by start()
@@ -156,6 +160,10 @@ class LiveServer:
             server.stop(timeout=1)
             watcher.close()
             hub.destroy(destroy_loop=True)
+
+    def server_options(self) -> dict[str, Any]:
+        """Extra keyword arguments for the ``WSGIServer`` (subclasses add TLS here)."""
+        return {}
 
     def stop(self) -> None:
         if self._stop_watcher is not None and self._thread.is_alive():

@@ -35,36 +35,8 @@ class TlsLiveServer(LiveServer):
         self.url = f"https://127.0.0.1:{port}"
         self.ssl_args = ssl_args
 
-    def _run(self) -> None:
-        import gevent
-        from gevent.pywsgi import WSGIServer
-
-        from flask_goelect.runner import NoDelayWSGIHandler
-
-        hub = gevent.get_hub()
-        try:
-            watcher = hub.loop.async_()
-            server = WSGIServer(
-                ("127.0.0.1", self.port),
-                self.app,
-                handler_class=NoDelayWSGIHandler,
-                log=None,
-                error_log=None,
-                **self.ssl_args,
-            )
-            server.start()
-        except BaseException as exc:  # pragma: no cover - reported by start()
-            self._error = exc
-            self._ready.set()
-            return
-        self._stop_watcher = watcher
-        self._ready.set()
-        try:
-            hub.wait(watcher)
-        finally:
-            server.stop(timeout=1)
-            watcher.close()
-            hub.destroy(destroy_loop=True)
+    def server_options(self) -> dict[str, Any]:
+        return {"error_log": None, **self.ssl_args}
 
 
 def server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
