@@ -55,7 +55,7 @@ from gevent.pywsgi import WSGIServer
 
 from flask_goelect import signals
 from flask_goelect.core import ConfigError
-from flask_goelect.runner import NoDelayWSGIHandler
+from flask_goelect.serving import NoDelayWSGIHandler
 
 __all__ = ["build_config", "emit", "main", "parse_args"]
 

@@ -15,14 +15,13 @@ sending the token the running elector keeps next to its state file.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
-if TYPE_CHECKING:
-    from .extension import ExtensionState
+from .app_state import ExtensionState
 
 __all__ = ["goelect_cli"]
 
@@ -31,9 +30,9 @@ goelect_cli = AppGroup("goelect", help="Leader election: status, cluster view, h
 
 def _state() -> ExtensionState:
     state = current_app.extensions.get("goelect")
-    if state is None:
+    if not isinstance(state, ExtensionState):
         raise click.ClickException("flask-goelect is not set up on this app (LeaderElect(app))")
-    return state  # type: ignore[no-any-return]
+    return state
 
 
 def _timeout(state: ExtensionState) -> tuple[float, float]:

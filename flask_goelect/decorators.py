@@ -31,14 +31,16 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from flask import current_app, request
 
+from . import clock
+from ._answers import error_answer, json_answer
+from .app_state import ExtensionState
 from .core import LeaderInfo, NotLeaderError
-
-if TYPE_CHECKING:
-    from .extension import ExtensionState, LeaderElect
+from .state import Snapshot
+from .views import as_response
 
 __all__ = ["NotLeader", "current_term", "leader_only"]
 
@@ -90,17 +92,9 @@ def _state_of_current_app() -> ExtensionState:
     return state
 
 
-def _leader_of(snap: Any) -> LeaderInfo | None:
-    if snap.leader_id is None:
-        return None
-    return LeaderInfo(snap.leader_id, snap.leader_address or "", snap.leader_tags or {})
-
-
-def _follower_response(state: ExtensionState, snap: Any) -> Any:
-    from .views import error_response, json_response
-
+def _follower_response(state: ExtensionState, snap: Snapshot) -> Any:
     settings = state.settings
-    leader = _leader_of(snap)
+    leader = snap.leader
     # Elsewhere than the leader we cannot tell its lease apart from a dead
     # leader's: a leader known but not this node is worth trying.
     elsewhere = leader is not None and leader.id != settings.node_id and leader.address
@@ -109,11 +103,14 @@ def _follower_response(state: ExtensionState, snap: Any) -> Any:
         location = leader.address.rstrip("/") + request.path
         if request.query_string:
             location += "?" + request.query_string.decode("latin-1")
-        response = error_response(
-            307, "not_leader", f"this node is not the leader; ask {leader.id!r} at {location}"
+        return as_response(
+            error_answer(
+                307,
+                "not_leader",
+                f"this node is not the leader; ask {leader.id!r} at {location}",
+                {"Location": location},
+            )
         )
-        response.headers["Location"] = location
-        return response
     # An election takes one to two election timeouts; a known leader is
     # reachable now.
     retry_after = 1 if elsewhere else max(1, math.ceil(2 * settings.elect_timeout))
@@ -138,7 +135,7 @@ def _follower_response(state: ExtensionState, snap: Any) -> Any:
             {"id": leader.id, "address": leader.address or None} if leader is not None else None
         ),
     }
-    return json_response(body, 503, {"Retry-After": str(retry_after)})
+    return as_response(json_answer(body, 503, {"Retry-After": str(retry_after)}))
 
 
 def leader_only(func: F) -> F:
@@ -152,8 +149,9 @@ def leader_only(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         state = _state_of_current_app()
-        snap = state.elector.snapshot
-        if not snap.is_leader():
+        now = clock.now()  # before the snapshot: a lease dropped meanwhile is seen
+        snap = state.snapshot
+        if not snap.is_leader(now):
             return _follower_response(state, snap)
         token = _TERM.set(snap.term)
         try:
@@ -164,21 +162,25 @@ def leader_only(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _job_wrapper(elect: LeaderElect, func: F, raise_on_follower: bool) -> F:
-    """The wrapper behind ``elect.leader_only`` (kept lean: it runs on every call)."""
-    resolve = elect._state_of_current_app
+def job_wrapper(state_of: Callable[[], ExtensionState], func: F, raise_on_follower: bool) -> F:
+    """The wrapper behind ``elect.leader_only`` (kept lean: it runs on every call).
 
-    def refuse(state: ExtensionState, snap: Any) -> None:
+    ``state_of`` finds the state of the app the call is for.
+    """
+    now = clock.now
+
+    def refuse(state: ExtensionState, snap: Snapshot) -> None:
         if raise_on_follower:
-            raise NotLeader(state.settings.node_id, snap.term, _leader_of(snap))
+            raise NotLeader(state.settings.node_id, snap.term, snap.leader)
 
     if inspect.iscoroutinefunction(func):
 
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            state = elect._single or resolve()
-            snap = state.elector.snapshot
-            if not snap.is_leader():
+            state = state_of()
+            t = now()  # before the snapshot: a lease dropped meanwhile is seen
+            snap = state.snapshot
+            if not snap.is_leader(t):
                 return refuse(state, snap)
             token = _TERM.set(snap.term)
             try:
@@ -190,9 +192,10 @@ def _job_wrapper(elect: LeaderElect, func: F, raise_on_follower: bool) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        state = elect._single or resolve()
-        snap = state.elector.snapshot
-        if not snap.is_leader():
+        state = state_of()
+        t = now()  # before the snapshot: a lease dropped meanwhile is seen
+        snap = state.snapshot
+        if not snap.is_leader(t):
             return refuse(state, snap)
         token = _TERM.set(snap.term)
         try:

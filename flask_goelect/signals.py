@@ -50,9 +50,15 @@ but do not rely on the receiver to stop it in time; check ``elect.is_leader``
 
 from __future__ import annotations
 
+import logging
+
 from blinker import Namespace
+from flask import Flask
+
+from .state import State
 
 __all__ = [
+    "ReceiverErrors",
     "enter_candidate",
     "enter_follower",
     "enter_leader",
@@ -60,7 +66,10 @@ __all__ = [
     "leave_candidate",
     "leave_follower",
     "leave_leader",
+    "send_change",
 ]
+
+_log = logging.getLogger("flask_goelect")
 
 _signals = Namespace()
 
@@ -92,6 +101,76 @@ leave_candidate = _signals.signal("goelect-leave-candidate")
 # (no leader known) and to this node itself. Same sender and kwargs.
 leader_changed = _signals.signal("goelect-leader-changed")
 
-#: The enter/leave signals by state name, for the extension's dispatcher.
-ENTER = {"leader": enter_leader, "follower": enter_follower, "candidate": enter_candidate}
-LEAVE = {"leader": leave_leader, "follower": leave_follower, "candidate": leave_candidate}
+#: The enter/leave signals by state, for :func:`send_change`.
+ENTER = {
+    State.LEADER: enter_leader,
+    State.FOLLOWER: enter_follower,
+    State.CANDIDATE: enter_candidate,
+}
+LEAVE = {
+    State.LEADER: leave_leader,
+    State.FOLLOWER: leave_follower,
+    State.CANDIDATE: leave_candidate,
+}
+
+
+class ReceiverErrors(Exception):
+    """Several signal receivers failed on one change; ``errors`` has each exception."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors = errors
+        super().__init__(f"{len(errors)} signal receivers failed: " + "; ".join(map(repr, errors)))
+
+
+def send_change(
+    app: Flask,
+    *,
+    previous_state: str,
+    state: str,
+    term: int,
+    leader_id: str | None,
+    previous_leader_id: str | None,
+    node_id: str,
+    reason: str = "",
+) -> None:
+    """Send the signals of one change with ``app`` as the sender, in order, inside
+    an app context: ``leave_<previous_state>``, ``enter_<state>``, then
+    ``leader_changed`` if the leader changed.
+
+    Every receiver runs even if an earlier one raises; the failure (or
+    :class:`ReceiverErrors` for several) is raised at the end.
+    """
+    kwargs = {
+        "term": term,
+        "state": str(state),
+        "previous_state": str(previous_state),
+        "leader_id": leader_id,
+        "previous_leader_id": previous_leader_id,
+        "node_id": node_id,
+        "reason": reason,
+    }
+    to_send = []
+    if state != previous_state:
+        if previous_state in LEAVE:
+            to_send.append(LEAVE[State(previous_state)])
+        if state in ENTER:
+            to_send.append(ENTER[State(state)])
+    if leader_id != previous_leader_id:
+        to_send.append(leader_changed)
+    if not to_send:
+        return
+    failures: list[Exception] = []
+    with app.app_context():
+        for signal in to_send:
+            # Each receiver on its own: one that raises must not keep the
+            # others (and the signals after it) from running.
+            for receiver in list(signal.receivers_for(app)):
+                try:
+                    receiver(app, **kwargs)
+                except Exception as exc:
+                    _log.exception("flask-goelect: receiver %r of %s failed", receiver, signal.name)
+                    failures.append(exc)
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise ReceiverErrors(failures)

@@ -27,7 +27,6 @@ would (in order, inside an app context), to test your receivers.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import math
 from collections.abc import Iterator, Mapping
@@ -35,13 +34,11 @@ from typing import Any
 
 from flask import Flask
 
-from .core import LeaderInfo, TransferError
-from .extension import ExtensionState, NotRunning, StaticSnapshot
-from .messages import Reply, Request
+from . import clock
+from .app_state import ExtensionState
+from .state import FixedElector, Snapshot, State
 
-__all__ = ["FakeElector", "force_state", "make_follower", "make_leader", "send_signals"]
-
-_STATES = ("leader", "follower", "candidate", "observer", "stopped")
+__all__ = ["FixedElector", "force_state", "make_follower", "make_leader", "send_signals"]
 
 
 def _state_of(app: Flask) -> ExtensionState:
@@ -49,38 +46,6 @@ def _state_of(app: Flask) -> ExtensionState:
     if not isinstance(state, ExtensionState):
         raise RuntimeError("flask-goelect is not set up on this app: call LeaderElect(app) first")
     return state
-
-
-class FakeElector:
-    """An elector whose answers are fixed: what :func:`force_state` installs."""
-
-    def __init__(self, snapshot: StaticSnapshot) -> None:
-        self.snapshot = snapshot
-        self.running = snapshot.state != "stopped"
-        self.errors: collections.deque[Any] = collections.deque(maxlen=100)
-        self.transfers: list[str | None] = []
-
-    def is_leader(self) -> bool:
-        return self.snapshot.is_leader()
-
-    def handle(self, msg: Request) -> Reply:
-        raise NotRunning("this node's answers are forced by flask_goelect.testing")
-
-    def status(self) -> dict[str, Any]:
-        return {"forced": True}
-
-    def wait_for_leader(self, timeout: float) -> LeaderInfo | None:
-        snap = self.snapshot
-        if snap.leader_id is None:
-            return None
-        return LeaderInfo(snap.leader_id, snap.leader_address, snap.leader_tags)
-
-    def transfer_leadership(self, to: str | None = None) -> str:
-        """Records the request in ``transfers``; raises unless forced to lead."""
-        self.transfers.append(to)
-        if self.snapshot.state != "leader":
-            raise TransferError("this node is not the leader (forced by flask_goelect.testing)")
-        return to or "<forced>"
 
 
 @contextlib.contextmanager
@@ -93,47 +58,46 @@ def force_state(
     leader_address: str | None = None,
     leader_tags: Mapping[str, str] | None = None,
     lease: float = math.inf,
-) -> Iterator[FakeElector]:
+) -> Iterator[FixedElector]:
     """Make ``app``'s extension answer as a node in ``state`` until the block ends.
 
     ``leader_address`` and ``leader_tags`` default to the configured ones of
     ``leader_id``. ``lease`` is how long a forced leader's lease lasts from now
     (seconds; ``inf`` by default): use a small value to test a lease running out.
-    Yields the :class:`FakeElector`; blocks nest.
+    Yields the :class:`~flask_goelect.state.FixedElector` (its ``transfers``
+    record the hand-overs asked of it); blocks nest.
     """
-    import time
-
-    if state not in _STATES:
-        raise ValueError(f"state must be one of {', '.join(_STATES)}, not {state!r}")
+    try:
+        forced = State(state)
+    except ValueError:
+        names = ", ".join(s.value for s in State)
+        raise ValueError(f"state must be one of {names}, not {state!r}") from None
     ext = _state_of(app)
     settings = ext.settings
-    if state == "leader":
+    if forced is State.LEADER:
         leader_id = settings.node_id
     peer = settings.election.peer(leader_id) if leader_id is not None else None
     if leader_address is None:
         leader_address = peer.address if peer is not None else ""
     if leader_tags is None:
         leader_tags = dict(peer.tags) if peer is not None else {}
-    snapshot = StaticSnapshot(
+    snapshot = Snapshot(
         node_id=settings.node_id,
-        state=state,
+        state=forced,
         term=term,
         leader_id=leader_id,
         leader_address=leader_address,
         leader_tags=dict(leader_tags),
-        lease_until=time.monotonic() + lease if state == "leader" else 0.0,
+        lease_until=clock.now() + lease if forced is State.LEADER else 0.0,
         voters=tuple(sorted(settings.election.voters)),
         observers=tuple(sorted(settings.election.observers)),
     )
-    fake = FakeElector(snapshot)
-    previous = ext._forced
-    ext._forced = fake
-    ext._refresh()
+    fake = FixedElector(snapshot, forced=True)
+    previous = ext.force(fake)
     try:
         yield fake
     finally:
-        ext._forced = previous
-        ext._refresh()
+        ext.force(previous)
 
 
 def make_leader(app: Flask, *, term: int = 1, lease: float = math.inf) -> Any:

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import threading
 import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from typing import Any, Protocol
 
 import requests
@@ -42,7 +43,7 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import ConnectionPool, HTTPConnectionPool
 
-from . import core, messages
+from . import _hooks, core, messages
 from .auth import AuthError, RequestSigner
 from .messages import Reply, Request
 
@@ -52,6 +53,8 @@ __all__ = [
     "MemoryTransport",
     "Transport",
     "TransportError",
+    "ask_statuses",
+    "forget_connections_after_fork",
 ]
 
 #: The route name of each request type (``POST {prefix}/rpc/{kind}``).
@@ -535,13 +538,43 @@ def _reason(exc: BaseException) -> str:
     return f"{type(inner).__name__}: {inner}"
 
 
-def _http_after_fork_in_child() -> None:
+def forget_connections_after_fork() -> None:
+    """In a forked child: every HTTP transport drops the sockets it shares with the parent."""
     for transport in list(_LIVE_HTTP_TRANSPORTS):
         transport._after_fork_in_child()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_http_after_fork_in_child)
+_hooks.in_child("connections", forget_connections_after_fork)
+
+
+def ask_statuses(
+    transport: Transport, peers: list[core.Peer], timeout: Timeout, wait: float
+) -> dict[str, dict[str, Any] | str]:
+    """Every peer's status, asked concurrently: ``{id: status or the error's text}``.
+
+    Returns within about ``wait`` seconds; a peer that has not answered by then
+    maps to ``"timed out"``. Never raises because of a peer.
+    """
+    result: dict[str, dict[str, Any] | str] = {peer.id: "timed out" for peer in peers}
+    if not peers:
+        return result
+    pool = ThreadPoolExecutor(max_workers=len(peers), thread_name_prefix="goelect-status")
+    try:
+        futures = {pool.submit(transport.get_status, peer, timeout): peer for peer in peers}
+        done, _ = wait_futures(futures, timeout=wait)
+        for future in done:
+            peer_id = futures[future].id
+            exc = future.exception()
+            if exc is not None:
+                result[peer_id] = str(exc) or type(exc).__name__
+                continue
+            status = future.result()
+            result[peer_id] = (
+                status if isinstance(status, Mapping) else "the status is not a JSON object"
+            )
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return result
 
 
 # -- in memory ----------------------------------------------------------------------

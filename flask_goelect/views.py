@@ -24,10 +24,10 @@ peer, 415 for a body that is not ``application/json``, 413 for a body over
 validation, 405 for a wrong method, 404 for an unknown path under the prefix,
 503 when the elector is not running.
 
-An RPC is checked in that order, cheapest first: its headers (cluster, then the
-signature's fields and timestamp) before its body is read, the signature over
-the body before the body is parsed, the message only then. The reply to a
-signed request is signed (see :mod:`flask_goelect.auth`).
+The checks of an RPC, cheapest first, are the protocol's server side in
+:mod:`flask_goelect.rpc`; this module only routes requests there and turns its
+answers into responses. The reply to a signed request is signed (see
+:mod:`flask_goelect.auth`).
 
 ``GET <prefix>/status`` shows the topology: unless ``GOELECT_STATUS_PUBLIC``,
 only signed requests of the peers and requests from this host may read it,
@@ -36,39 +36,29 @@ and ``/leader`` and ``/health`` tell others their status code and no more.
 
 from __future__ import annotations
 
-import collections
 import functools
 import hmac
 import json
-import logging
-import threading
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from .auth import (
-    AUTH_HEADER,
-    CLUSTER_HEADER,
-    SENDER_HEADER,
-    SIGNATURE_HEADER,
-    AuthError,
-    Claim,
-    RequestVerifier,
-    is_local_request,
-)
-from .messages import REQUEST_TYPES, MessageError, from_wire, to_wire
+from ._answers import Answer, error_answer, json_answer
+from .app_state import ExtensionState
+from .auth import Claim, is_local_request
+from .rpc import MAX_BODY, RPC_KINDS, headers_from_environ
 
-if TYPE_CHECKING:
-    from .extension import ExtensionState
+__all__ = [
+    "MAX_BODY",
+    "TOKEN_HEADER",
+    "add_routes",
+    "as_response",
+    "create_blueprint",
+    "may_read_status",
+]
 
-__all__ = ["MAX_BODY", "TOKEN_HEADER", "add_routes", "create_blueprint", "may_read_status"]
-
-#: The largest RPC body accepted, in bytes. The largest valid message (a
-#: heartbeat with 32 tags of 256 characters and a 2 KiB address) is about 11 KiB.
-MAX_BODY = 16 * 1024
 #: The header that carries the node's local token on ``POST <prefix>/transfer``.
 TOKEN_HEADER = "X-Goelect-Token"
 
@@ -76,23 +66,20 @@ _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 View = Callable[..., Any]
 
-_log = logging.getLogger("flask_goelect")
 
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response that does not depend on the app's JSON provider settings."""
+def as_response(answer: Answer) -> Response:
+    """An :class:`~flask_goelect._answers.Answer` as a Flask response (JSON)."""
     return Response(
-        json.dumps(body, separators=(",", ":")),
-        status=status,
-        headers=headers,
-        mimetype="application/json",
+        answer.body, status=answer.status, headers=answer.headers, mimetype="application/json"
     )
 
 
-def error_response(
-    status: int, error: str, message: str, headers: dict[str, str] | None = None
-) -> Response:
-    return json_response({"error": error, "message": message}, status, headers)
+def _json(body: Any, status: int = 200) -> Response:
+    return as_response(json_answer(body, status))
+
+
+def _error(status: int, error: str, message: str) -> Response:
+    return as_response(error_answer(status, error, message))
 
 
 def _state() -> ExtensionState:
@@ -114,161 +101,24 @@ def _json_errors(view: View) -> View:
         except HTTPException as exc:
             code = exc.code or 500
             name = (exc.name or "error").lower().replace(" ", "_")
-            return error_response(code, name, exc.description or exc.name or "error")
+            return _error(code, name, exc.description or exc.name or "error")
         except Exception:
             current_app.logger.exception("flask-goelect: error in %s", request.path)
-            return error_response(500, "internal_error", "the node failed to answer; see its log")
+            return _error(500, "internal_error", "the node failed to answer; see its log")
 
     return wrapper
 
 
-class _RefusalLog:
-    """Logs refused requests: at most one line per node and kind per interval.
-
-    A flood of bad requests must not flood the log; the next line says how many
-    were not logged.
-    """
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self._last: dict[tuple[str, str], float] = {}
-        self._skipped: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._lock = threading.Lock()
-
-    def log(self, node_id: str, kind: str, text: str) -> None:
-        now = time.monotonic()
-        key = (node_id, kind)
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self.interval:
-                self._skipped[key] += 1
-                return
-            self._last[key] = now
-            skipped = self._skipped.pop(key, 0)
-        more = f" ({skipped} more like it in the last {self.interval:g}s not logged)"
-        _log.warning("flask-goelect: node %r %s%s", node_id, text, more if skipped else "")
-
-
-_refusals = _RefusalLog()
-
-
-def _refuse(state: ExtensionState, exc: AuthError) -> Response:
-    """The answer to a request refused by :mod:`flask_goelect.auth`, logged."""
-    sender, cluster = _claimed(request.headers)
-    _refusals.log(
-        state.settings.node_id,
-        exc.error,
-        f"refused {request.method} {request.path[:100]!r} from {request.remote_addr}"
-        f" (sender {sender!r}, cluster {cluster!r}):"
-        f" {exc.status} {exc.error}: {exc.message}",
-    )
-    extra = (
-        {"WWW-Authenticate": 'Goelect-HMAC-SHA256 realm="goelect"'} if exc.status == 401 else None
-    )
-    return error_response(exc.status, exc.error, exc.message, extra)
-
-
-def _claimed(headers: Any) -> tuple[str, str]:
-    """Who a request says it comes from, and its cluster (for the log: not checked)."""
-    parts = headers.get(AUTH_HEADER, "").split(" ", 3)
-    if len(parts) == 4:
-        return parts[2][:70], parts[1][:70]
-    return headers.get(SENDER_HEADER, "")[:70], headers.get(CLUSTER_HEADER, "")[:70]
-
-
-def _check_request(verifier: RequestVerifier) -> Claim:
-    """The request's claim, read straight from the WSGI environ: werkzeug's header
-    lookup costs more than the rest of the check."""
-    environ = request.environ
-    return verifier.check(
-        environ.get("HTTP_X_GOELECT_AUTH", ""),
-        environ.get("HTTP_X_GOELECT_CLUSTER", ""),
-        environ.get("HTTP_X_GOELECT_SENDER", ""),
-    )
-
-
-def _read_body(*, json_only: bool = True) -> bytes | Response:
-    """The body, read at most to :data:`MAX_BODY`; a 415 or 413 answer instead."""
-    if json_only and request.mimetype != "application/json":
-        got = request.mimetype or "no Content-Type"
-        return error_response(
-            415, "unsupported_media_type", f"send the message as application/json, not {got}"
-        )
-    length = request.content_length
-    if length is not None and length > MAX_BODY:
-        return error_response(
-            413, "payload_too_large", f"the body is {length} bytes; at most {MAX_BODY} allowed"
-        )
-    body = request.stream.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
-        return error_response(
-            413, "payload_too_large", f"the body is over {MAX_BODY} bytes; that is the limit"
-        )
-    return body
-
-
-def _parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        return error_response(400, "bad_request", f"the body is not valid JSON: {exc}")
-
-
-def _read_message_body() -> Any:
-    body = _read_body()
-    if isinstance(body, Response):
-        return body
-    return _parse_json(body)
-
-
-def _signed(response: Response, state: ExtensionState, claim: Claim | None) -> Response:
-    """Sign ``response`` for the verified request of ``claim`` (nothing without one)."""
-    if claim is not None and claim.signed:
-        signature = state.verifier.reply_signature(claim, response.status_code, response.get_data())
-        response.headers[SIGNATURE_HEADER] = signature
-    return response
-
-
 def _rpc_view(kind: str) -> View:
-    cls: Any = REQUEST_TYPES[kind]
-    route = f"/rpc/{kind}"
-
     def rpc() -> Response:
-        state = _state()
-        verifier = state.verifier
-        try:
-            claim = _check_request(verifier)
-        except AuthError as exc:
-            return _refuse(state, exc)
-        body = _read_body()
-        if isinstance(body, Response):
-            return body
-        try:
-            verifier.verify(claim, "POST", state.url_prefix + route, body)
-        except AuthError as exc:
-            return _refuse(state, exc)
-        data = _parse_json(body)
-        if isinstance(data, Response):
-            return data
-        try:
-            msg = from_wire(cls, data)
-        except MessageError as exc:
-            return error_response(400, "bad_request", str(exc))
-        try:
-            if claim.sender and msg.sender != claim.sender:
-                raise AuthError(
-                    403,
-                    "forbidden",
-                    f"the message's sender {msg.sender!r} is not the sender of the request"
-                    f" ({claim.sender!r})",
-                )
-            verifier.check_sender(msg.sender)
-        except AuthError as exc:
-            return _refuse(state, exc)
-        reply = state.handle(msg)
-        if reply is None:
-            return error_response(503, "not_running", "the elector of this node is not running")
-        return _signed(json_response(to_wire(reply)), state, claim)
+        environ = request.environ
+        answer = _state().rpc.serve(
+            kind,
+            headers_from_environ(environ),
+            request.stream,
+            remote_addr=request.remote_addr or "",
+        )
+        return as_response(answer)
 
     rpc.__name__ = f"rpc_{kind.replace('-', '_')}"
     return rpc
@@ -278,32 +128,19 @@ def _reader(state: ExtensionState, path: str) -> Claim | Response | None:
     """May this request read the node's status? Its verified claim if it is signed
     (for ``path``, the path it was signed for), None if it may read without one,
     else the refusal."""
-    verifier = state.verifier
-    if verifier.signs and request.environ.get("HTTP_X_GOELECT_AUTH"):
-        try:
-            claim = _check_request(verifier)
-        except AuthError as exc:
-            return _refuse(state, exc)
-        body = _read_body(json_only=False)
-        if isinstance(body, Response):
-            return body
-        try:
-            verifier.verify(claim, request.method, path, body, allow_self=True)
-        except AuthError as exc:
-            return _refuse(state, exc)
-        return claim
-    if state.settings.status_public or is_local_request(
+    may_read_unsigned = state.settings.status_public or is_local_request(
         request.remote_addr,
         request.headers,  # type: ignore[arg-type]
-    ):
-        return None
-    return error_response(
-        401,
-        "status_not_public",
-        "the status of this node is not public (GOELECT_STATUS_PUBLIC is false): read it"
-        " from the node's host, or as a peer with a signed request",
-        {"WWW-Authenticate": 'Goelect-HMAC-SHA256 realm="goelect"'},
     )
+    reader = state.rpc.reader(
+        request.method,
+        path,
+        headers_from_environ(request.environ),
+        request.stream,
+        remote_addr=request.remote_addr or "",
+        may_read_unsigned=may_read_unsigned,
+    )
+    return as_response(reader) if isinstance(reader, Answer) else reader
 
 
 def _sees_details(state: ExtensionState, route: str) -> bool:
@@ -329,13 +166,13 @@ def status() -> Response:
     reader = _reader(state, state.url_prefix + "/status")
     if isinstance(reader, Response):
         return reader
-    return _signed(json_response(state.status()), state, reader)
+    return as_response(state.rpc.sign(json_answer(state.status()), reader))
 
 
 def leader() -> Response:
     """200 only on the leader holding a valid lease: a load balancer's health check."""
     state = _state()
-    snap = state.elector.snapshot
+    snap = state.snapshot
     is_leader = snap.is_leader()
     body: dict[str, Any] = {"is_leader": is_leader}
     if _sees_details(state, "/leader"):
@@ -347,7 +184,7 @@ def leader() -> Response:
             "leader_id": snap.leader_id,
             "leader_address": snap.leader_address or None,
         }
-    return json_response(body, 200 if is_leader else 503)
+    return _json(body, 200 if is_leader else 503)
 
 
 def health() -> Response:
@@ -356,9 +193,9 @@ def health() -> Response:
     running = state.running
     body: dict[str, Any] = {"running": running}
     if _sees_details(state, "/health"):
-        snap = state.elector.snapshot
+        snap = state.snapshot
         body = {"node_id": snap.node_id, "running": running, "state": snap.state}
-    return json_response(body, 200 if running else 503)
+    return _json(body, 200 if running else 503)
 
 
 def transfer() -> Response:
@@ -367,7 +204,7 @@ def transfer() -> Response:
     token = state.admin_token
     given = request.headers.get(TOKEN_HEADER, "")
     if not token or not hmac.compare_digest(given.encode(), token.encode()):
-        return error_response(
+        return _error(
             403,
             "forbidden",
             f"send the node's local token in {TOKEN_HEADER} (the flask goelect transfer"
@@ -375,35 +212,42 @@ def transfer() -> Response:
         )
     data: Any = {}
     if request.content_length:
-        data = _read_message_body()
-        if isinstance(data, Response):
-            return data
+        body = state.rpc.read_body(headers_from_environ(request.environ), request.stream)
+        if isinstance(body, Answer):
+            return as_response(body)
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            return _error(400, "bad_request", f"the body is not valid JSON: {exc}")
     if not isinstance(data, dict) or set(data) - {"to"}:
-        return error_response(400, "bad_request", 'send {"to": "<node id>"} or {"to": null}')
+        return _error(400, "bad_request", 'send {"to": "<node id>"} or {"to": null}')
     to = data.get("to")
     if to is not None and not isinstance(to, str):
-        return error_response(400, "bad_request", "'to' must be a node id or null")
+        return _error(400, "bad_request", "'to' must be a node id or null")
     try:
         target = state.transfer_leadership(to)
     except Exception as exc:  # not leader, bad target, not running
-        return error_response(409, "conflict", str(exc))
-    return json_response({"transferred_to": target, "term": state.elector.snapshot.term})
+        return _error(409, "conflict", str(exc))
+    return _json({"transferred_to": target, "term": state.snapshot.term})
 
 
 def _not_allowed(allowed: tuple[str, ...]) -> View:
     def not_allowed(**kwargs: Any) -> Response:
-        return error_response(
-            405,
-            "method_not_allowed",
-            f"{request.method} is not allowed here; use {', '.join(allowed)}",
-            {"Allow": ", ".join((*allowed, "HEAD", "OPTIONS") if "GET" in allowed else allowed)},
+        shown = (*allowed, "HEAD", "OPTIONS") if "GET" in allowed else allowed
+        return as_response(
+            error_answer(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed here; use {', '.join(allowed)}",
+                {"Allow": ", ".join(shown)},
+            )
         )
 
     return not_allowed
 
 
 def _not_found(**kwargs: Any) -> Response:
-    return error_response(
+    return _error(
         404,
         "not_found",
         f"{request.path} is not a flask-goelect route; see the routes in the docs (api.md)",
@@ -411,9 +255,15 @@ def _not_found(**kwargs: Any) -> Response:
 
 
 _ROUTES: list[tuple[str, str, Callable[[], View], tuple[str, ...]]] = [
-    ("/rpc/vote", "rpc_vote", lambda: _rpc_view("vote"), ("POST",)),
-    ("/rpc/heartbeat", "rpc_heartbeat", lambda: _rpc_view("heartbeat"), ("POST",)),
-    ("/rpc/timeout-now", "rpc_timeout_now", lambda: _rpc_view("timeout-now"), ("POST",)),
+    *(
+        (
+            f"/rpc/{kind}",
+            f"rpc_{kind.replace('-', '_')}",
+            functools.partial(_rpc_view, kind),
+            ("POST",),
+        )
+        for kind in RPC_KINDS
+    ),
     ("/status", "status", lambda: status, ("GET",)),
     ("/leader", "leader", lambda: leader, ("GET",)),
     ("/health", "health", lambda: health, ("GET",)),

@@ -135,7 +135,7 @@ class LiveServer:
         import gevent
         from gevent.pywsgi import WSGIServer
 
-        from flask_goelect.runner import NoDelayWSGIHandler
+        from flask_goelect.serving import NoDelayWSGIHandler
 
         hub = gevent.get_hub()
         try:

@@ -767,9 +767,9 @@ def test_bad_input_is_checked_after_the_signature(node: SecuredNode) -> None:
 def test_refusals_are_logged_but_not_flooded(
     node: SecuredNode, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from flask_goelect import views
+    from flask_goelect import rpc
 
-    views._refusals._last.clear()
+    rpc.refusals._last.clear()
     with caplog.at_level(logging.WARNING, logger="flask_goelect"):
         for _ in range(5):
             response, _ = node.post(
@@ -779,7 +779,7 @@ def test_refusals_are_logged_but_not_flooded(
     lines = [r.getMessage() for r in caplog.records if "wrong_cluster" in r.getMessage()]
     assert len(lines) == 1, lines
     assert "'other'" in lines[0] and "n3" in lines[0] and "127.0.0.1" in lines[0]
-    log = views._RefusalLog(interval=0.0)
+    log = rpc.RefusalLog(interval=0.0)
     with caplog.at_level(logging.WARNING, logger="flask_goelect"):
         caplog.clear()
         log.log("n1", "x", "refused one")

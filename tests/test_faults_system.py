@@ -765,9 +765,9 @@ BROKEN: dict[str, tuple[str, Scenario, str]] = {
     ),
     # goelect's leader: no check quorum, and "leader" without a lease.
     "leads-without-a-lease": (
-        "import flask_goelect.core as core, flask_goelect.runner as runner\n"
+        "import flask_goelect.core as core, flask_goelect.state as state\n"
         "core.Node._has_quorum_contact = lambda self, now: True\n"
-        "runner.Snapshot.is_leader = lambda self, now=None: self.state == 'leader'",
+        "state.Snapshot.is_leader = lambda self, now=None: self.state == 'leader'",
         cut_off_the_leader,
         "wrote in term",
     ),

@@ -35,13 +35,10 @@ from flask_goelect.messages import (
     VoteReply,
     VoteRequest,
 )
-from flask_goelect.runner import (
-    Elector,
-    ElectorNotRunning,
-    LeaderContext,
-    NoDelayWSGIHandler,
-    Snapshot,
-)
+from flask_goelect.runner import Elector, LeaderContext
+from flask_goelect.serving import NoDelayWSGIHandler
+from flask_goelect.state import NotRunning as ElectorNotRunning
+from flask_goelect.state import Snapshot
 from flask_goelect.storage import MemoryStorage
 from flask_goelect.transport import HttpTransport, MemoryTransport, Transport
 
@@ -499,17 +496,18 @@ def test_hand_over_skips_a_voter_that_does_not_answer(cluster):
         electors = cluster.electors or cluster.memory()
         leader = cluster.leader()
         mute, other = (e for e in electors.values() if e is not leader)
-        leader._unreachable.add(mute.node_id)
-        with leader._lock:  # and make it look like the freshest contact
-            leader._node.last_contact[mute.node_id] = leader._clock() + 1
+        run = leader._run
+        run.senders.unreachable.add(mute.node_id)
+        with run.lock:  # and make it look like the freshest contact
+            run.node.last_contact[mute.node_id] = leader._clock() + 1
         assert leader._transfer_target() == other.node_id
         assert leader.transfer_leadership() == other.node_id
         assert wait_until(other.is_leader, 5)
     leader = cluster.leader()
     stale = leader._clock() - 2 * leader.config.elect_timeout
-    with leader._lock:
-        for peer in leader._node.last_contact:
-            leader._node.last_contact[peer] = stale
+    with leader._run.lock:
+        for peer in leader._run.node.last_contact:
+            leader._run.node.last_contact[peer] = stale
     assert leader._transfer_target() is None  # nobody answers: the core chooses
 
 
@@ -668,7 +666,8 @@ PATCHED_SCRIPT = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     from test_transport import rpc_app
     from flask_goelect import core
-    from flask_goelect.runner import Elector, NoDelayWSGIHandler
+    from flask_goelect.runner import Elector
+    from flask_goelect.serving import NoDelayWSGIHandler
     from flask_goelect.storage import MemoryStorage
     from flask_goelect.transport import HttpTransport
 

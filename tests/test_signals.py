@@ -13,7 +13,7 @@ from flask import Flask, current_app
 from flask_testing_compat import TestCase, make_app, no_leaked_context, wait_until  # noqa: F401
 
 from flask_goelect import LeaderElect, signals
-from flask_goelect.extension import ReceiverErrors
+from flask_goelect.signals import ReceiverErrors
 from flask_goelect.testing import send_signals
 
 ALL = [

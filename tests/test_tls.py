@@ -21,6 +21,7 @@ from flask_testing_compat import LiveServer, free_port, make_app, no_leaked_cont
 
 from flask_goelect import LeaderElect
 from flask_goelect.core import ConfigError
+from flask_goelect.node import tls_session
 from flask_goelect.transport import TransportError
 
 SECRET = "tls-secret-0123456789abcdef"
@@ -213,14 +214,14 @@ def test_the_transport_uses_the_tls_settings(pki: Pki) -> None:
     cert, key = pki.issue("n1")
     app = make_app(GOELECT_TLS_CA=str(pki.ca_file), GOELECT_TLS_CERT=cert, GOELECT_TLS_KEY=key)
     LeaderElect(app)
-    session = app.extensions["goelect"]._new_session()
+    session = tls_session(app.extensions["goelect"].settings)
     assert session.verify == str(pki.ca_file) and session.cert == (cert, key)
     # A certificate file that holds the key too.
     combined = Path(pki.folder) / "combined.pem"
     combined.write_bytes(Path(key).read_bytes() + Path(cert).read_bytes())
     app = make_app(GOELECT_TLS_CERT=str(combined))
     LeaderElect(app)
-    session = app.extensions["goelect"]._new_session()
+    session = tls_session(app.extensions["goelect"].settings)
     assert session.cert == str(combined) and session.verify is True
 
 

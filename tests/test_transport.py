@@ -34,7 +34,8 @@ from flask_goelect.messages import (
     VoteReply,
     VoteRequest,
 )
-from flask_goelect.runner import ElectorNotRunning, NoDelayWSGIHandler
+from flask_goelect.serving import NoDelayWSGIHandler
+from flask_goelect.state import NotRunning as ElectorNotRunning
 from flask_goelect.transport import HttpTransport, MemoryTransport, TransportError
 
 PREFIX = "/_goelect"

@@ -1,0 +1,17 @@
+"""The runner: the only gevent code. It drives the election core with real time and peers.
+
+* :mod:`.runtime`: where work runs (greenlets of the server's hub in a
+  monkey-patched process, else native threads and a hub of the loop's own);
+* :mod:`.senders`: one mailbox and one sender per peer;
+* :mod:`.callbacks`: the state-change callbacks, off the loop and bounded;
+* :mod:`.tasks`: leader tasks and their :class:`LeaderContext`;
+* :mod:`.elector`: the :class:`Elector` itself (lifecycle, stepping the core,
+  persisting before publishing, the loop).
+"""
+
+from __future__ import annotations
+
+from .elector import Elector, forget_electors_after_fork
+from .tasks import LeaderContext, TaskFunc
+
+__all__ = ["Elector", "LeaderContext", "TaskFunc", "forget_electors_after_fork"]

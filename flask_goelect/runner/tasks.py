@@ -1,0 +1,139 @@
+"""Leader tasks: functions that run in the background while this node leads.
+
+Each registered function starts when this node becomes leader and holds its
+lease, with a :class:`LeaderContext` whose ``term`` is the fencing token, and is
+cancelled when leadership is lost or the elector stops: ``ctx.cancelled`` is
+set and, in a monkey-patched process, the greenlet is killed. A native thread
+cannot be killed: outside a patched process the function must watch
+``ctx.cancelled`` (or call ``ctx.wait(interval)``) and check ``ctx.is_leader()``
+before acting. A function that returns or raises is not restarted until the
+next leadership.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..state import Snapshot, State
+from .runtime import Event, Runtime
+
+__all__ = ["LeaderContext", "LeaderTasks", "TaskFunc"]
+
+
+@dataclass
+class LeaderContext:
+    """Handed to a leader task.
+
+    ``term`` is the fencing token of this leadership: pass it to downstream
+    systems so that they can refuse the writes of a deposed leader.
+    ``cancelled`` is set when leadership is lost or the elector stops.
+    """
+
+    term: int
+    cancelled: Event
+    _snapshot: Callable[[], Snapshot] = field(repr=False)
+    _clock: Callable[[], float] = field(repr=False)
+
+    def is_leader(self) -> bool:
+        """True while this node still leads *in this term* and holds a valid lease."""
+        now = self._clock()  # before the snapshot: a lease dropped meanwhile is seen
+        snap = self._snapshot()
+        return snap.term == self.term and snap.is_leader(now)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for cancellation; True if cancelled.
+
+        ``while not ctx.wait(interval): do_work()`` is a periodic leader job.
+        """
+        return self.cancelled.wait(timeout)
+
+
+TaskFunc = Callable[[LeaderContext], object]
+
+
+class LeaderTasks:
+    """The registered functions, and their workers in the current leadership.
+
+    Registered functions survive stop and start; :meth:`reconcile` (called by
+    the election loop only) starts them on a new leadership and cancels them
+    when it ends.
+    """
+
+    def __init__(self, node_id: str, log: logging.Logger) -> None:
+        self.node_id = node_id
+        self.log = log
+        self.funcs: list[TaskFunc] = []
+        self._term: int | None = None
+        self._workers: dict[int, tuple[LeaderContext, Any]] = {}
+
+    def __bool__(self) -> bool:
+        """Whether there is anything to start or cancel."""
+        return bool(self.funcs or self._workers)
+
+    def add(self, func: TaskFunc) -> None:
+        self.funcs.append(func)
+
+    def pending_start(self, snap: Snapshot, now: float) -> bool:
+        """Whether a task must start now: the first lease of a new leadership."""
+        return (
+            bool(self.funcs)
+            and snap.state is State.LEADER
+            and self._term != snap.term
+            and now < snap.lease_until
+        )
+
+    def reconcile(
+        self,
+        snap: Snapshot,
+        now: float,
+        runtime: Runtime,
+        *,
+        running: bool,
+        source: Callable[[], Snapshot],
+        clock: Callable[[], float],
+        record: Callable[[str, BaseException | str], None],
+    ) -> None:
+        """Start the tasks on a new leadership, cancel them when it is over."""
+        if self._term is not None and (snap.state is not State.LEADER or snap.term != self._term):
+            self.cancel(runtime)
+        if not (running and snap.is_leader(now)):
+            return
+        if self._term != snap.term:
+            self._term = snap.term
+            self._workers = {}
+        for index, func in enumerate(list(self.funcs)):
+            if index in self._workers:
+                continue
+            ctx = LeaderContext(snap.term, runtime.event(), source, clock)
+            name = f"goelect-{self.node_id}-leader-task-{index}"
+            worker = runtime.spawn(name, self._run, func, ctx, record)
+            self._workers[index] = (ctx, worker)
+            self.log.info(
+                "goelect %s: started leader task %r for term %d", self.node_id, func, snap.term
+            )
+
+    def cancel(self, runtime: Runtime | None) -> None:
+        """Cancel every task of the current leadership."""
+        workers, self._workers = self._workers, {}
+        self._term = None
+        for ctx, worker in workers.values():
+            ctx.cancelled.set()
+            if runtime is not None:
+                runtime.abandon(worker)
+
+    def forget(self) -> None:
+        """In a forked child: drop the parent's workers without touching them."""
+        self._term = None
+        self._workers = {}
+
+    def _run(
+        self, func: TaskFunc, ctx: LeaderContext, record: Callable[[str, BaseException | str], None]
+    ) -> None:
+        try:
+            func(ctx)
+        except Exception as exc:
+            self.log.exception("goelect %s: leader task %r failed", self.node_id, func)
+            record("leader-task", exc)
