@@ -16,6 +16,7 @@ its errors carry the field, which :data:`CONFIG_FIELD_KEYS` turns into keys.
 from __future__ import annotations
 
 import argparse
+import datetime
 import difflib
 import functools
 import inspect
@@ -110,16 +111,26 @@ def _error(message: str) -> core.ConfigError:
 
 
 def _duration(k: ConfigKey, value: object) -> float:
-    """Seconds, from a number (or a string of one) in the key's unit."""
+    """Seconds, from a ``timedelta`` or a number (or a string of one) in the key's unit."""
     assert k.unit is not None
     unit, per_second = _UNITS[k.unit]
+    if isinstance(value, datetime.timedelta):
+        if value <= datetime.timedelta(0):
+            raise _error(
+                f"{k.key} must be a positive duration, not a timedelta of"
+                f" {value.total_seconds():g} seconds"
+            )
+        return value.total_seconds()
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
             raise _error(f"{k.key} must be a number of {unit}, not {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _error(f"{k.key} must be a number of {unit}, not {type(value).__name__}")
+        raise _error(
+            f"{k.key} must be a number of {unit} or a datetime.timedelta,"
+            f" not {type(value).__name__}"
+        )
     if not math.isfinite(value) or value <= 0:
         raise _error(f"{k.key} must be a positive number of {unit}, not {value!r}")
     return float(value) / per_second
@@ -483,7 +494,7 @@ TABLE: tuple[ConfigKey, ...] = (
         unit="ms",
         doc="The election timeout T: a follower that hears nothing for a random time in"
         " [T, 2T) campaigns; the leader's lease lasts T × (1 − max drift).",
-        more="A leader without replies"
+        more="A number of milliseconds or a `datetime.timedelta`. A leader without replies"
         " from a majority for T steps down; the lease counts from the send time of the last"
         " heartbeat round a majority acknowledged.",
         why="tolerates pauses of well over a second. Failover after a crash then takes"
@@ -497,6 +508,7 @@ TABLE: tuple[ConfigKey, ...] = (
         unit="ms",
         doc="Time between two heartbeats of the leader: at most half the election timeout;"
         " a tenth is the rule of thumb.",
+        more="A number of milliseconds or a `datetime.timedelta`.",
         why="a tenth of the timeout, so that the lease is renewed about ten times per lease"
         " period: a few lost or late heartbeats neither end the lease nor start an election,"
         " and an idle cluster costs five small requests per second per follower.",
@@ -508,6 +520,7 @@ TABLE: tuple[ConfigKey, ...] = (
         unit="s",
         doc="Connect timeout of every call to a peer; the read timeout is one election"
         " timeout (a later reply is useless).",
+        more="A number of seconds or a `datetime.timedelta`.",
         why="connecting on a LAN takes well under a millisecond; half a second leaves room"
         " for a loaded peer and still gives up well inside one election timeout. Every call"
         " has its own sender per peer, so a peer that does not answer never delays the"
@@ -520,7 +533,7 @@ TABLE: tuple[ConfigKey, ...] = (
         unit="s",
         doc="How long the signal receivers of one change may run before the elector stops"
         " waiting for them.",
-        more="Receivers run off the election"
+        more="A number of seconds or a `datetime.timedelta`. Receivers run off the election"
         " loop and never delay it; an overrun is recorded in `elect.errors`.",
         why="receivers run off the election loop, so a long bound costs nothing to the"
         " election; it only bounds how long a stuck receiver delays the next change's"

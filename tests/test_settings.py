@@ -1,10 +1,11 @@
-"""The table of ``GOELECT_*`` keys: what is generated from it, and Config's fields."""
+"""The table of ``GOELECT_*`` keys: what is generated from it, durations, and Config's fields."""
 
 from __future__ import annotations
 
 import dataclasses
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,51 @@ def test_markdown_command_prints_the_table() -> None:
     ).stdout
     assert out == markdown_table() + "\n"
     assert all(f"`{k.key}`" in out for k in TABLE)
+
+
+# -- durations ----------------------------------------------------------------------------
+
+DURATIONS = [
+    # (key, Settings attribute, a timedelta, the same in the key's unit, in seconds)
+    ("GOELECT_ELECT_TIMEOUT", "elect_timeout", timedelta(seconds=3), 3000, 3.0),
+    ("GOELECT_HEARTBEAT_INTERVAL", "heartbeat_interval", timedelta(milliseconds=150), 150, 0.15),
+    ("GOELECT_CONNECT_TIMEOUT", "connect_timeout", timedelta(milliseconds=250), 0.25, 0.25),
+    ("GOELECT_CALLBACK_TIMEOUT", "callback_timeout", timedelta(minutes=1), 60, 60.0),
+]
+
+
+@pytest.mark.parametrize(("name", "attribute", "delta", "number", "seconds"), DURATIONS)
+def test_durations_take_a_timedelta_a_number_or_a_string(
+    name: str, attribute: str, delta: timedelta, number: float, seconds: float
+) -> None:
+    for value in (delta, number, str(number), f" {number} "):
+        app = make_app(**{name: value})
+        LeaderElect(app)
+        got = getattr(app.extensions["goelect"].settings, attribute)
+        assert got == pytest.approx(seconds), (name, value)
+    option = name.removeprefix("GOELECT_").lower()
+    app = make_app()
+    LeaderElect(app, **{option: delta})
+    assert getattr(app.extensions["goelect"].settings, attribute) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("name", [d[0] for d in DURATIONS])
+@pytest.mark.parametrize("delta", [timedelta(0), timedelta(milliseconds=-1)])
+def test_a_timedelta_that_is_not_positive_names_the_key(name: str, delta: timedelta) -> None:
+    app = make_app(**{name: delta})
+    with pytest.raises(ConfigError) as info:
+        LeaderElect(app)
+    assert str(info.value).startswith(f"{name} must be a positive duration")
+    assert "goelect" not in app.extensions
+
+
+def test_the_heartbeat_rule_holds_for_timedeltas_in_milliseconds() -> None:
+    app = make_app(
+        GOELECT_ELECT_TIMEOUT=timedelta(seconds=1),
+        GOELECT_HEARTBEAT_INTERVAL=timedelta(milliseconds=600),
+    )
+    with pytest.raises(ConfigError, match=r"HEARTBEAT_INTERVAL \(600 ms\) .* \(1000 ms\)"):
+        LeaderElect(app)
 
 
 # -- Config's errors name their field; load_settings names the keys -------------------
