@@ -997,6 +997,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         for name in DOC_FILES:
             path = Path(args.write) / name
+            if not path.is_file():
+                parser.error(f"{path} does not exist: give the root of a flask-goelect checkout")
             text = path.read_text(encoding="utf-8")
             new = update_markdown(text)
             if new != text:

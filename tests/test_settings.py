@@ -91,6 +91,11 @@ def test_write_updates_a_stale_copy_of_the_docs(tmp_path: Path) -> None:
         )
 
 
+def test_write_refuses_a_folder_without_the_docs(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        _settings.main(["--write", str(tmp_path)])
+
+
 def test_markdown_command_prints_the_table() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "flask_goelect._settings", "--markdown"],
