@@ -77,7 +77,16 @@ __all__ = [
 
 
 class ConfigError(ValueError):
-    """The election configuration is invalid; the text says what to change."""
+    """The election configuration is invalid; the text says what to change.
+
+    ``field`` names the :class:`Config` field at fault (None when no one field
+    is), so that code that builds a ``Config`` from its own settings can name
+    the setting to change without reading the text.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class NotLeaderError(RuntimeError):
@@ -152,34 +161,48 @@ class Config:
     def __post_init__(self) -> None:
         try:
             validate_node_id(self.node_id, "node id")
+        except MessageError as exc:
+            raise ConfigError(str(exc), field="node_id") from None
+        try:
             validate_tags(self.tags)
         except MessageError as exc:
-            raise ConfigError(str(exc)) from None
+            raise ConfigError(str(exc), field="tags") from None
         if not (isinstance(self.elect_timeout, (int, float)) and self.elect_timeout > 0):
             raise ConfigError(
-                f"elect_timeout must be a positive number, not {self.elect_timeout!r}"
+                f"elect_timeout must be a positive number, not {self.elect_timeout!r}",
+                field="elect_timeout",
             )
         if not (isinstance(self.heartbeat_interval, (int, float)) and self.heartbeat_interval > 0):
             raise ConfigError(
-                f"heartbeat_interval must be a positive number, not {self.heartbeat_interval!r}"
+                f"heartbeat_interval must be a positive number, not {self.heartbeat_interval!r}",
+                field="heartbeat_interval",
             )
         if self.heartbeat_interval * 2 > self.elect_timeout:
             raise ConfigError(
                 f"heartbeat_interval ({self.heartbeat_interval:g}s) must be at most half of"
                 f" elect_timeout ({self.elect_timeout:g}s), or a single lost heartbeat starts"
-                " an election; a tenth is a good choice"
+                " an election; a tenth is a good choice",
+                field="heartbeat_interval",
             )
-        if not 0 <= self.max_drift < 0.5:
-            raise ConfigError(f"max_drift must be in [0, 0.5), not {self.max_drift!r}")
+        if not (isinstance(self.max_drift, (int, float)) and 0 <= self.max_drift < 0.5):
+            raise ConfigError(
+                f"max_drift must be a fraction in [0, 0.5), like 0.01 for clocks whose rates"
+                f" differ by at most 1 %, not {self.max_drift!r}",
+                field="max_drift",
+            )
         peers: dict[str, Peer] = {}
         for peer in self.peers:
             try:
                 validate_node_id(peer.id, "peer id")
                 validate_tags(peer.tags, f"tags of peer {peer.id!r}")
             except MessageError as exc:
-                raise ConfigError(str(exc)) from None
+                raise ConfigError(str(exc), field="peers") from None
             if peer.id in peers:
-                raise ConfigError(f"peer {peer.id!r} is listed twice; list each node once")
+                raise ConfigError(
+                    f"node {peer.id!r} is listed twice ({peers[peer.id].address!r} and"
+                    f" {peer.address!r}): list each node once, with its one address",
+                    field="peers",
+                )
             peers[peer.id] = peer
         me = peers.get(self.node_id)
         if me is None:
@@ -188,12 +211,14 @@ class Config:
             if self.address and me.address and self.address != me.address:
                 raise ConfigError(
                     f"node {self.node_id!r} is given two addresses, {self.address!r} and"
-                    f" {me.address!r}; use the same address in both places"
+                    f" {me.address!r}; use the same address in both places",
+                    field="address",
                 )
             if me.novote != self.novote:
                 raise ConfigError(
                     f"node {self.node_id!r} is novote={self.novote} but listed in the peers"
-                    f" with novote={me.novote}; make them agree"
+                    f" with novote={me.novote}; make them agree",
+                    field="novote",
                 )
             peers[self.node_id] = Peer(
                 self.node_id, self.address or me.address, self.novote, dict(self.tags or me.tags)
@@ -201,7 +226,10 @@ class Config:
         object.__setattr__(self, "peers", tuple(peers.values()))
         voters = frozenset(p.id for p in self.peers if not p.novote)
         if not voters:
-            raise ConfigError("the cluster has no voters; at least one node must vote")
+            # Whether a node votes is its ``novote`` flag, here or in its peer entry.
+            raise ConfigError(
+                "the cluster has no voters; at least one node must vote", field="novote"
+            )
         object.__setattr__(self, "_voters", voters)
 
     @property

@@ -20,7 +20,7 @@ from flask.blueprints import BlueprintSetupState
 
 from . import core, views
 from ._lock import LockError
-from ._settings import DEFAULTS, MEMORY, explicit_keys, key, load_settings
+from ._settings import DEFAULTS, MEMORY, document_keys, explicit_keys, key, load_settings
 from .app_state import ExtensionState
 from .cli import goelect_cli
 from .decorators import NotLeader, job_wrapper
@@ -78,87 +78,6 @@ class LeaderElect:
     def init_app(self, app: Flask) -> None:
         """Register the extension on ``app``, check its config, mount the routes and
         (unless ``GOELECT_AUTOSTART`` is false) start the elector.
-
-        Configuration keys (all read here; defaults set with ``setdefault``):
-
-        ``GOELECT_NODE_ID``
-            This node's id, unique in the cluster (``[A-Za-z0-9._:-]``, up to 64
-            characters). Required.
-        ``GOELECT_NODE_ADDRESS``
-            The base URL peers reach this app at, like ``"http://10.0.0.1:5000"``
-            (with the path the app is mounted under, if any). Required unless this
-            node is listed in ``GOELECT_PEERS``.
-        ``GOELECT_PEERS``
-            Every node of the cluster: a list of ``"id=url"`` strings or of dicts
-            ``{"id", "address", "novote" (optional), "tags" (optional)}``, or one
-            comma-separated string of ``id=url`` (for environment variables).
-            This node is added as a voter when not listed. Default ``[]``.
-        ``GOELECT_NOVOTE``
-            This node never votes or campaigns (an observer). Default ``False``.
-        ``GOELECT_TAGS``
-            This node's tags (dict, or ``"k=v,k2=v2"``), sent to followers with
-            every heartbeat. Default ``{}``.
-        ``GOELECT_HEARTBEAT_INTERVAL``
-            Milliseconds between the leader's heartbeats; at most half of the
-            election timeout. Default ``200``.
-        ``GOELECT_ELECT_TIMEOUT``
-            The election timeout T in milliseconds: a follower campaigns after
-            hearing nothing for a random time in [T, 2T); the leader's lease lasts
-            T. Default ``2000``, safe for Python under load (GC pauses, GIL
-            contention, busy workers delay the election greenlet; a short T turns
-            those pauses into needless elections). Use 200-500 on a quiet LAN.
-        ``GOELECT_CONNECT_TIMEOUT``
-            Seconds to connect to a peer before the call fails. Default ``0.5``.
-            The read timeout of a call is one election timeout.
-        ``GOELECT_CALLBACK_TIMEOUT``
-            Seconds the signal receivers of one change may take before the
-            elector gives up waiting for them (they never block the election).
-            Default ``5``.
-        ``GOELECT_URL_PREFIX``
-            Where the routes are mounted; the same on every node. Default
-            ``"/_goelect"``.
-        ``GOELECT_STATE_FILE``
-            The file that keeps the term and vote across restarts; a lock on
-            ``<file>.lock`` keeps a second elector of the node from running.
-            Default: ``goelect-<node id>.json`` in the app's instance folder.
-            ``":memory:"`` keeps them in memory (tests only: a restarted node
-            could vote twice in a term).
-        ``GOELECT_AUTOSTART``
-            Start the elector in ``init_app``. Default ``True``. It never starts
-            in the ``flask run --reload`` watcher process nor in ``flask``
-            commands other than ``run``; after a fork (gunicorn ``--preload``)
-            the elector moves to the child. With ``False``, call ``start()``.
-        ``GOELECT_FOLLOWER_RESPONSE``
-            What ``@leader_only`` views answer on a follower: ``"503"`` (JSON
-            naming the leader, with ``Retry-After``) or ``"redirect"`` (307 to
-            the same path on the leader). Default ``"503"``.
-        ``GOELECT_MAX_DRIFT``
-            How much faster one node's clock may run than another's, as a
-            fraction; the lease is shortened by it. Default ``0.01``.
-        ``GOELECT_SECRET``
-            The secret shared by the nodes (at least 16 characters): every RPC
-            and reply is signed with HMAC-SHA256, and unsigned, forged, stale or
-            replayed requests are refused (401). A list (or a comma-separated
-            string) rotates keys: the first signs, every one verifies. Default
-            ``None``: nothing is signed, and the elector logs a warning at start
-            if a peer is on another host. See ``docs/security.md``.
-        ``GOELECT_CLUSTER``
-            The cluster's name, the same on every node; a request from another
-            cluster is refused (409) and logged. Default ``""``.
-        ``GOELECT_TLS_CA``
-            The CA bundle (PEM file, or folder) that verifies the peers'
-            certificates for ``https://`` peers. Default ``None``: the system's.
-        ``GOELECT_TLS_CERT``
-            This node's client certificate (PEM) for peers that require one
-            (mTLS); with the key in it, or in ``GOELECT_TLS_KEY``. Default ``None``.
-        ``GOELECT_TLS_KEY``
-            The private key of ``GOELECT_TLS_CERT`` (PEM). Default ``None``.
-        ``GOELECT_STATUS_PUBLIC``
-            Whether anyone may read ``GET <prefix>/status`` (the topology:
-            peers, addresses, errors). Default ``False``: only signed requests
-            of the peers and requests from this host (loopback, not through a
-            proxy) may; ``/leader`` and ``/health`` then answer with their status
-            code and no addresses to others.
 
         :raises flask_goelect.core.ConfigError: a key is wrong; the message names
             it and the fix.
@@ -349,6 +268,10 @@ class LeaderElect:
         if func is None:
             return functools.partial(self.leader_only, raise_on_follower=raise_on_follower)
         return job_wrapper(self._state, func, raise_on_follower)
+
+
+# init_app's docs list every key it reads, generated from the one table of keys.
+LeaderElect.init_app.__doc__ = document_keys(LeaderElect.init_app.__doc__)
 
 
 def _serving_process() -> bool:

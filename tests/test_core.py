@@ -451,21 +451,34 @@ def test_four_voters_need_three() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "fragment"),
+    ("kwargs", "fragment", "field"),
     [
-        ({"peers": (Peer("b"), Peer("b"))}, "listed twice"),
-        ({"heartbeat_interval": 0.6}, "at most half"),
-        ({"elect_timeout": 0}, "elect_timeout"),
-        ({"heartbeat_interval": -1}, "heartbeat_interval"),
-        ({"max_drift": 0.7}, "max_drift"),
-        ({"peers": (Peer("a", "http://x"),), "address": "http://y"}, "two addresses"),
-        ({"peers": (Peer("b bad"),)}, "invalid"),
-        ({"novote": True}, "no voters"),
+        ({"peers": (Peer("b"), Peer("b"))}, "listed twice", "peers"),
+        ({"heartbeat_interval": 0.6}, "at most half", "heartbeat_interval"),
+        ({"elect_timeout": 0}, "elect_timeout", "elect_timeout"),
+        ({"heartbeat_interval": -1}, "heartbeat_interval", "heartbeat_interval"),
+        ({"max_drift": 0.7}, "max_drift", "max_drift"),
+        ({"max_drift": float("nan")}, "max_drift", "max_drift"),
+        ({"peers": (Peer("a", "http://x"),), "address": "http://y"}, "two addresses", "address"),
+        ({"peers": (Peer("a", novote=True),)}, "make them agree", "novote"),
+        ({"peers": (Peer("b bad"),)}, "invalid", "peers"),
+        ({"tags": {"zone": 1}}, "tags", "tags"),
+        ({"novote": True}, "no voters", "novote"),
     ],
 )
-def test_config_errors_say_what_to_fix(kwargs: dict[str, object], fragment: str) -> None:
-    with pytest.raises(ConfigError, match=fragment):
+def test_config_errors_say_what_to_fix(
+    kwargs: dict[str, object], fragment: str, field: str
+) -> None:
+    with pytest.raises(ConfigError, match=fragment) as info:
         Config("a", **kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_config_error_names_its_field_only_when_there_is_one() -> None:
+    with pytest.raises(ConfigError) as info:
+        Config("bad id!")
+    assert info.value.field == "node_id"
+    assert ConfigError("the whole config").field is None
 
 
 # -- who leads ---------------------------------------------------------------------------
