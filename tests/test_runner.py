@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_transport import ServerThread, black_hole, rpc_app, wait_until
+from test_transport import ServerThread, black_hole, rpc_app
 
 from flask_goelect import core
 from flask_goelect.messages import (
@@ -44,6 +44,7 @@ from flask_goelect.runner import (
 )
 from flask_goelect.storage import MemoryStorage
 from flask_goelect.transport import HttpTransport, MemoryTransport, Transport
+from goelect_harness.helpers import wait_until
 
 IDS = ("n1", "n2", "n3")
 __all__ = ["black_hole"]  # a fixture shared with test_transport.py
@@ -665,7 +666,6 @@ PATCHED_SCRIPT = textwrap.dedent(
     import json, socket, sys, time
     import gevent
     from gevent import pywsgi
-    sys.path.insert(0, sys.argv[1])
     from test_transport import rpc_app
     from flask_goelect import core
     from flask_goelect.runner import Elector, NoDelayWSGIHandler
@@ -723,12 +723,16 @@ PATCHED_SCRIPT = textwrap.dedent(
 
 
 def test_patched_process_runs_the_election_in_the_servers_hub():
-    tests_dir = str(Path(__file__).parent)
+    # The child imports test_transport from this folder, and what that imports
+    # from the repository root.
+    tests_dir = Path(__file__).resolve().parent
+    path = os.pathsep.join([str(tests_dir), str(tests_dir.parent)])
     proc = subprocess.run(
-        [sys.executable, "-c", PATCHED_SCRIPT, tests_dir],
+        [sys.executable, "-c", PATCHED_SCRIPT],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "PYTHONPATH": path},
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])

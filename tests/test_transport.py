@@ -36,6 +36,7 @@ from flask_goelect.messages import (
 )
 from flask_goelect.runner import ElectorNotRunning, NoDelayWSGIHandler
 from flask_goelect.transport import HttpTransport, MemoryTransport, TransportError
+from goelect_harness.helpers import wait_until
 
 PREFIX = "/_goelect"
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -137,15 +138,6 @@ class ServerThread:
             self._watcher.send()
             self._thread.join(5)
         self.listener.close()
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 @pytest.fixture
