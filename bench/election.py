@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from example_app.cluster import (
+from goelect_harness.cluster import (
     ClusterError,
     Event,
     LeaderView,

@@ -1,10 +1,11 @@
 """A local cluster of pysyncobj nodes (:mod:`bench.pysyncobj_node`), for the comparison.
 
-:class:`PySyncObjCluster` is a :class:`example_app.cluster.LocalCluster` whose
+:class:`PySyncObjCluster` is a :class:`goelect_harness.cluster.LocalCluster` whose
 nodes run pysyncobj instead of the example app: the same ports, state folder,
-event reader, signals by PID and stopping. Only the command line and the way
-to see an agreed leader differ: pysyncobj has no status route, so
-:meth:`PySyncObjCluster.wait_for_leader` replays the nodes' event lines.
+command line (but the module, the peer list's format and the example app's own
+options, through LocalCluster's hooks), event reader, signals by PID and
+stopping. Only the way to see an agreed leader differs: pysyncobj has no status
+route, so :meth:`PySyncObjCluster.wait_for_leader` replays the nodes' event lines.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from example_app.cluster import ClusterError, Event, LeaderView, LocalCluster
+from goelect_harness.cluster import ClusterError, Event, LeaderView, LocalCluster
 
 __all__ = ["PySyncObjCluster", "available", "leader_views"]
 
@@ -51,34 +52,18 @@ class PySyncObjCluster(LocalCluster):
     ``keep``, ``on_event``); the journal of each node is kept in its state folder.
     """
 
+    node_module = "bench.pysyncobj_node"
+
     def __init__(self, nodes: int = 3, **options: Any) -> None:
         options.setdefault("job_interval", 0)
         super().__init__(nodes, **options)
 
-    def command(self, node_id: str, start_at: float | None = None) -> list[str]:
-        node = self.nodes[node_id]
-        peers = ",".join(f"{n.id}={n.host}:{n.port}" for n in self.nodes.values())
-        cmd = [
-            self.python,
-            "-m",
-            "bench.pysyncobj_node",
-            "--node-id",
-            node_id,
-            "--listen",
-            f"{node.host}:{node.port}",
-            "--peers",
-            peers,
-            "--elect-timeout",
-            str(self.elect_timeout),
-            "--heartbeat-interval",
-            str(self.heartbeat_interval),
-            "--state-dir",
-            str(node.state_dir),
-            "--exit-with-parent",
-        ]
-        if start_at is not None:
-            cmd += ["--start-at", repr(start_at)]
-        return cmd + self.node_args
+    def peers_option(self, node_id: str) -> str:
+        # pysyncobj's addresses are HOST:PORT, and it has no observers.
+        return ",".join(f"{n.id}={n.host}:{n.port}" for n in self.nodes.values())
+
+    def node_options(self, node_id: str) -> list[str]:
+        return []  # no ledger, no job, pysyncobj's own logging
 
     def wait_for_leader(
         self,

@@ -10,7 +10,7 @@ A ``SyncObj`` with no replicated data: only its Raft election runs, as in a
 flask-goelect node. Its timings are set to match flask-goelect's (see
 :func:`sync_obj_conf`). It reports its changes as JSON lines on stdout, in the
 format of the example app's nodes (``event``, ``node``, ``t``, ``mono`` =
-``time.monotonic()``), so that :class:`example_app.cluster.LocalCluster` can
+``time.monotonic()``), so that :class:`goelect_harness.cluster.LocalCluster` can
 follow it::
 
     ready           the process runs (``pid``)

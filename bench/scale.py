@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.election import RESULTS_DIR, Figure, _agreed_at, _machine, format_table
-from example_app.cluster import ClusterError, LocalCluster, process_cpu_seconds
+from goelect_harness.cluster import ClusterError, LocalCluster, process_cpu_seconds
 
 __all__ = ["ScaleConfig", "main", "rss_mib", "run_scale", "scale_title"]
 

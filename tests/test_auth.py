@@ -12,16 +12,9 @@ from typing import Any
 
 import pytest
 from flask import Flask, request
-from flask_testing_compat import (  # noqa: F401
-    Cluster,
-    LiveServer,
-    free_port,
-    make_app,
-    no_leaked_context,
-    wait_until,
-)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from live_nodes import Cluster, LiveServer, make_app
 
 from flask_goelect import LeaderElect
 from flask_goelect.auth import (
@@ -40,6 +33,7 @@ from flask_goelect.auth import (
 from flask_goelect.core import ConfigError, Peer
 from flask_goelect.messages import VoteRequest
 from flask_goelect.transport import HttpTransport, TransportError
+from goelect_harness.helpers import free_port, wait_until
 
 SECRET = "s3cret-s3cret-s3cret-s3cret"
 OLD_SECRET = "old-old-old-old-old-old-old"
@@ -948,6 +942,7 @@ def test_a_node_with_other_credentials_cannot_disturb_the_cluster(
             return leaders[0] if len(leaders) == 1 else None
 
         leader = wait_until(one_leader, 10)
+        assert leader is not None, "no one leader within 10s"
         term = states[leader].elector.snapshot.term
         states["n3"].start()
         time.sleep(1.5)  # n3 times out several times and campaigns
@@ -994,12 +989,8 @@ def test_a_secured_cluster_elects_and_shows_its_status(tmp_path: Path) -> None:
 def test_a_secured_example_app_cluster_elects_fails_over_and_refuses_strangers() -> None:
     """Three ``python -m example_app --secret ... --cluster ...`` processes."""
     import http.client
-    import sys
 
-    root = str(Path(__file__).resolve().parents[1])
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    from example_app.cluster import LocalCluster
+    from goelect_harness.cluster import LocalCluster
 
     with LocalCluster(
         3,

@@ -8,17 +8,13 @@ only check that every code path they use works, in a few seconds.
 from __future__ import annotations
 
 import importlib.util
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.election import (  # noqa: E402
+from bench.election import (
     GOELECT,
     PYSYNCOBJ,
     BenchConfig,
@@ -28,12 +24,12 @@ from bench.election import (  # noqa: E402
     results,
     summarize,
 )
-from bench.pysyncobj_cluster import PySyncObjCluster, leader_views  # noqa: E402
-from bench.scale import ScaleConfig, run_scale  # noqa: E402
-from bench.suite import compare, format_report, targets, write_suite  # noqa: E402
-from example_app.cluster import Event, LocalCluster  # noqa: E402
-from example_app.node import build_config, parse_args  # noqa: E402
-from flask_goelect._settings import _peers  # noqa: E402
+from bench.pysyncobj_cluster import PySyncObjCluster, leader_views
+from bench.scale import ScaleConfig, run_scale
+from bench.suite import compare, format_report, targets, write_suite
+from example_app.node import build_config, parse_args
+from flask_goelect._settings import _peers
+from goelect_harness.cluster import Event, LocalCluster
 
 needs_pysyncobj = pytest.mark.skipif(
     importlib.util.find_spec("pysyncobj") is None, reason="pysyncobj is not installed"

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from flask_testing_compat import Cluster, free_port, make_app, no_leaked_context  # noqa: F401
+from live_nodes import Cluster, make_app
 
 from flask_goelect import LeaderElect
+from goelect_harness.helpers import free_port
 
 
 @pytest.fixture

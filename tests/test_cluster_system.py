@@ -12,20 +12,13 @@ only waiting is retried, never an assertion.
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-# example_app lives at the repository root next to tests/ and is not installed: make it
-# importable however pytest is started (python -m pytest adds the root by itself).
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from example_app.cluster import LeaderView, LocalCluster  # noqa: E402
-from example_app.ledger import LedgerEntry  # noqa: E402
+from example_app.ledger import LedgerEntry
+from goelect_harness.cluster import LeaderView, LocalCluster
 
 pytestmark = pytest.mark.system
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from flask import Flask, jsonify
-from flask_testing_compat import TestCase, make_app, no_leaked_context  # noqa: F401
+from flask_testing_compat import TestCase
+from live_nodes import make_app
 
 from flask_goelect import LeaderElect, NotLeader, leader_only
 from flask_goelect.core import LeaderInfo, NotLeaderError

@@ -18,23 +18,17 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_goelect.testing import make_follower, make_leader, send_signals
-
-# example_app lives at the repository root next to tests/ and is not installed: make it
-# importable however pytest is started (python -m pytest adds the root by itself).
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from example_app import create_app, elect  # noqa: E402
-from example_app.factory import append_ledger_entry, ledger_job  # noqa: E402
-from example_app.ledger import (  # noqa: E402
+from example_app import create_app, elect
+from example_app.factory import append_ledger_entry, ledger_job
+from example_app.ledger import (
     Ledger,
     LedgerEntry,
     check_ledger,
     read_ledger,
     tail_ledger,
 )
-from example_app.node import build_config, parse_args  # noqa: E402
+from example_app.node import build_config, parse_args
+from flask_goelect.testing import make_follower, make_leader, send_signals
 
 
 def closed_port() -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 from flask import Blueprint, Flask
-from flask_testing_compat import Cluster, make_app, no_leaked_context  # noqa: F401
+from live_nodes import Cluster, make_app
 
 from flask_goelect import LeaderElect, leader_only
 from flask_goelect.core import ConfigError, LeaderInfo, Peer

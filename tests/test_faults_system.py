@@ -1,7 +1,7 @@
 """Real example-app processes under injected faults: crashes, pauses, partitions, black holes.
 
 Clusters of 3 and 5 nodes (separate processes, real HTTP, gevent) reach each
-other only through a fault-injecting proxy (:mod:`faultproxy`): every directed
+other only through a fault-injecting proxy (:mod:`goelect_harness.faultproxy`): every directed
 link has its own port, so a test can reset, black-hole, delay or cut one
 direction of any link at any moment. Every scenario runs
 ``GOELECT_SYSTEM_ROUNDS`` rounds (default 1) per cluster size, each with fresh
@@ -16,7 +16,7 @@ fault is healed and the round checks:
   (every vote reply the proxy forwarded, and the votes this test forged);
 * the ledger of the leader-only job: in file order the term never decreases,
   one writer per term, and the writes of different terms never interleave in
-  time (see :func:`system_support.ledger_violations` for why that is provable).
+  time (see :func:`goelect_harness.faults.ledger_violations` for why that is provable).
 
 A table of rounds, violations and time without a leader per scenario is
 printed at the end of the module. The full run (at least 100 fault rounds) is
@@ -45,17 +45,14 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from faultproxy import Fault, FaultProxy, ProxyError  # noqa: E402
-from system_support import (  # noqa: E402
+from example_app.ledger import LedgerEntry, check_ledger
+from flask_goelect.core import HardState
+from goelect_harness.cluster import Event, LeaderView
+from goelect_harness.faultproxy import Exchange, Fault, FaultProxy, ProxyError
+from goelect_harness.faults import (
     BOUND,
-    Event,
-    Exchange,
     FaultCluster,
-    HardState,
     Incarnation,
-    LeaderView,
     Monitor,
     Report,
     RoundResult,
@@ -74,10 +71,8 @@ from system_support import (  # noqa: E402
     run_round,
     vote_violations,
     wait_for_write,
-    wait_until,
 )
-
-from example_app.ledger import LedgerEntry, check_ledger  # noqa: E402
+from goelect_harness.helpers import wait_until
 
 ROUNDS = rounds_from_env()
 #: Election timeout, heartbeat interval and job interval (ms) per cluster size.

@@ -45,9 +45,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from flask_testing_compat import Cluster, no_leaked_context  # noqa: F401
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from live_nodes import Cluster
 
 from flask_goelect import messages
 from flask_goelect.auth import (

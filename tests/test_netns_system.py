@@ -18,26 +18,20 @@ that was killed are deleted at the next run.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from system_support import (  # noqa: E402
-    Netns,
-    NetnsCluster,
+from goelect_harness.faults import (
     Report,
     Scenario,
-    netns_unavailable,
     partition_leader_minority,
     partition_then_heal,
     report_writer,
     rounds_from_env,
     run_round,
 )
+from goelect_harness.netns import Netns, NetnsCluster, netns_unavailable
 
 pytestmark = pytest.mark.system
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_transport import ServerThread, black_hole, rpc_app, wait_until
+from test_transport import ServerThread, black_hole, rpc_app
 
 from flask_goelect import core
 from flask_goelect.messages import (
@@ -37,10 +37,10 @@ from flask_goelect.messages import (
 )
 from flask_goelect.runner import Elector, LeaderContext
 from flask_goelect.serving import NoDelayWSGIHandler
-from flask_goelect.state import NotRunning as ElectorNotRunning
-from flask_goelect.state import Snapshot
+from flask_goelect.state import NotRunning, Snapshot
 from flask_goelect.storage import MemoryStorage
 from flask_goelect.transport import HttpTransport, MemoryTransport, Transport
+from goelect_harness.helpers import wait_until
 
 IDS = ("n1", "n2", "n3")
 __all__ = ["black_hole"]  # a fixture shared with test_transport.py
@@ -375,7 +375,7 @@ def test_failed_save_stops_the_node_without_answering(cluster):
         elector.handle(VoteRequest("n2", 1))
     assert not elector.running and elector.snapshot.state == "stopped"
     assert [e.kind for e in elector.errors] == ["storage"]
-    with pytest.raises(ElectorNotRunning):
+    with pytest.raises(NotRunning):
         elector.handle(Heartbeat("n2", 1, 1))
 
 
@@ -563,7 +563,7 @@ def test_lifecycle(cluster):
     electors = cluster.memory(ids=("n1",), start=False)
     elector = electors["n1"]
     assert not elector.running and elector.snapshot.state == "stopped" and elector.mode is None
-    with pytest.raises(ElectorNotRunning):
+    with pytest.raises(NotRunning):
         elector.handle(Heartbeat("n2", 1, 1))
     assert elector.wait_for_leader(0.05) is None
     elector.start()
@@ -576,7 +576,7 @@ def test_lifecycle(cluster):
     assert elector.status()["state"] == "stopped"
     with pytest.raises(RuntimeError, match="create a new Elector"):
         elector.start()
-    with pytest.raises(ElectorNotRunning):
+    with pytest.raises(NotRunning):
         elector.transfer_leadership()
     assert not [t for t in threading.enumerate() if t.name.startswith("goelect-n1-")]
 
@@ -663,7 +663,6 @@ PATCHED_SCRIPT = textwrap.dedent(
     import json, socket, sys, time
     import gevent
     from gevent import pywsgi
-    sys.path.insert(0, sys.argv[1])
     from test_transport import rpc_app
     from flask_goelect import core
     from flask_goelect.runner import Elector
@@ -722,12 +721,16 @@ PATCHED_SCRIPT = textwrap.dedent(
 
 
 def test_patched_process_runs_the_election_in_the_servers_hub():
-    tests_dir = str(Path(__file__).parent)
+    # The child imports test_transport from this folder, and what that imports
+    # from the repository root.
+    tests_dir = Path(__file__).resolve().parent
+    path = os.pathsep.join([str(tests_dir), str(tests_dir.parent)])
     proc = subprocess.run(
-        [sys.executable, "-c", PATCHED_SCRIPT, tests_dir],
+        [sys.executable, "-c", PATCHED_SCRIPT],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "PYTHONPATH": path},
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask_testing_compat import make_app, no_leaked_context  # noqa: F401
+from live_nodes import make_app
 
 from flask_goelect import LeaderElect, _settings
 from flask_goelect._settings import (

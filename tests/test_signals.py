@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 from flask import Flask, current_app
-from flask_testing_compat import TestCase, make_app, no_leaked_context, wait_until  # noqa: F401
+from flask_testing_compat import TestCase
+from live_nodes import make_app
 
 from flask_goelect import LeaderElect, signals
 from flask_goelect.signals import ReceiverErrors
 from flask_goelect.testing import send_signals
+from goelect_harness.helpers import wait_until
 
 ALL = [
     "enter_leader",
@@ -71,7 +73,7 @@ class SingleNodeSignalsTest(TestCase):
     def test_signals_in_order_with_app_context(self) -> None:
         with recording(self.app) as events:
             self.elect.start()
-            wait_until(lambda: "leader_changed" in names(events), 10)
+            self.assertTrue(wait_until(lambda: "leader_changed" in names(events), 10))
             self.assertTrue(self.elect.is_leader)
             self.elect.stop()
             stopped = names(events)
@@ -118,8 +120,8 @@ class SingleNodeSignalsTest(TestCase):
 
         with recording(self.app) as events, signals.enter_leader.connected_to(broken, self.app):
             self.elect.start()
-            wait_until(lambda: "leader_changed" in names(events), 10)
-            wait_until(lambda: list(self.elect.errors), 5)
+            self.assertTrue(wait_until(lambda: "leader_changed" in names(events), 10))
+            self.assertTrue(wait_until(lambda: list(self.elect.errors), 5))
             self.assertTrue(self.elect.is_leader)
         self.assertIn("enter_leader", names(events))  # the recorder ran too
         record = self.elect.errors[0]
@@ -136,9 +138,13 @@ class SingleNodeSignalsTest(TestCase):
             with signals.enter_candidate.connected_to(slow, self.app):
                 t0 = time.monotonic()
                 self.elect.start()
-                wait_until(lambda: self.elect.is_leader, 10)
+                self.assertTrue(wait_until(lambda: self.elect.is_leader, 10))
                 elected = time.monotonic() - t0
-                wait_until(lambda: any(r.kind == "callback-timeout" for r in self.elect.errors), 5)
+                self.assertTrue(
+                    wait_until(
+                        lambda: any(r.kind == "callback-timeout" for r in self.elect.errors), 5
+                    )
+                )
         finally:
             release.set()
         # Elected within the election timer, not after the receiver's 3 s.

@@ -17,7 +17,7 @@ import pytest
 import requests
 import trustme
 from flask import Flask
-from flask_testing_compat import LiveServer, free_port, make_app, no_leaked_context  # noqa: F401
+from live_nodes import Cluster, LiveServer, make_app
 
 from flask_goelect import LeaderElect
 from flask_goelect.core import ConfigError
@@ -82,62 +82,37 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
 
 
-class TlsCluster:
+class TlsCluster(Cluster):
     """Three nodes of one app on https with mTLS, in this process."""
 
+    scheme = "https"
+
     def __init__(self, pki: Pki, folder: Path, **config: Any) -> None:
-        self.ids = ["n1", "n2", "n3"]
-        self.ports = [free_port() for _ in self.ids]
-        peers = [f"{i}=https://127.0.0.1:{p}" for i, p in zip(self.ids, self.ports, strict=True)]
-        self.elect = LeaderElect()
-        self.apps: dict[str, Flask] = {}
-        self.servers: dict[str, TlsLiveServer] = {}
-        for node_id, port in zip(self.ids, self.ports, strict=True):
-            cert, key = pki.issue(node_id)
-            app = make_app(
-                node_id,
-                GOELECT_PEERS=peers,
-                GOELECT_STATE_FILE=str(folder / f"{node_id}.json"),
-                GOELECT_ELECT_TIMEOUT=400,
-                GOELECT_HEARTBEAT_INTERVAL=40,
-                GOELECT_CONNECT_TIMEOUT=0.5,
-                GOELECT_TLS_CA=str(pki.ca_file),
-                GOELECT_TLS_CERT=cert,
-                GOELECT_TLS_KEY=key,
-                **config,
-            )
-            self.elect.init_app(app)
-            self.apps[node_id] = app
-            self.servers[node_id] = TlsLiveServer(
-                app, port, ssl_context=server_context(cert, key, str(pki.ca_file))
-            ).start()
+        self.pki = pki
+        self.certs: dict[str, tuple[str, str]] = {}
+        super().__init__(
+            3,
+            folder,
+            start=False,
+            GOELECT_ELECT_TIMEOUT=400,
+            GOELECT_HEARTBEAT_INTERVAL=40,
+            GOELECT_CONNECT_TIMEOUT=0.5,
+            GOELECT_TLS_CA=str(pki.ca_file),
+            **config,
+        )
 
-    def state(self, node_id: str) -> Any:
-        return self.apps[node_id].extensions["goelect"]
+    def node_config(self, node_id: str) -> dict[str, Any]:
+        cert, key = self.certs[node_id] = self.pki.issue(node_id)
+        return {"GOELECT_TLS_CERT": cert, "GOELECT_TLS_KEY": key}
 
-    def leaders(self) -> list[str]:
-        return [i for i in self.ids if self.state(i).elector.snapshot.is_leader()]
+    def serve(self, node_id: str, app: Flask, port: int) -> LiveServer:
+        cert, key = self.certs[node_id]
+        return TlsLiveServer(
+            app, port, ssl_context=server_context(cert, key, str(self.pki.ca_file))
+        )
 
     def wait_for_one_leader(self, timeout: float = 15.0, exclude: str | None = None) -> str:
-        from flask_testing_compat import wait_until
-
-        def agreed() -> str | None:
-            leaders = self.leaders()
-            if len(leaders) != 1 or leaders[0] == exclude:
-                return None
-            running = [i for i in self.ids if self.state(i).running]
-            if all(self.state(i).elector.snapshot.leader_id == leaders[0] for i in running):
-                return leaders[0]
-            return None
-
-        leader: str = wait_until(agreed, timeout)
-        return leader
-
-    def close(self) -> None:
-        for node_id in self.ids:
-            self.state(node_id).stop(transfer=False, timeout=2)
-        for server in self.servers.values():
-            server.stop()
+        return super().wait_for_one_leader(timeout, exclude)
 
 
 @pytest.fixture

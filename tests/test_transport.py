@@ -26,6 +26,7 @@ from gevent import pywsgi
 
 from flask_goelect import core, messages
 from flask_goelect import transport as transport_module
+from flask_goelect.auth import RequestVerifier
 from flask_goelect.messages import (
     Heartbeat,
     HeartbeatReply,
@@ -34,9 +35,11 @@ from flask_goelect.messages import (
     VoteReply,
     VoteRequest,
 )
+from flask_goelect.rpc import RpcServer, headers_from_environ
 from flask_goelect.serving import NoDelayWSGIHandler
-from flask_goelect.state import NotRunning as ElectorNotRunning
+from flask_goelect.state import NotRunning
 from flask_goelect.transport import HttpTransport, MemoryTransport, TransportError
+from goelect_harness.helpers import wait_until
 
 PREFIX = "/_goelect"
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -54,30 +57,48 @@ def json_response(start_response: Callable[..., Any], status: int, body: object)
     return [data]
 
 
-def rpc_app(elector: Any, prefix: str = PREFIX, received: collections.Counter[str] | None = None):
-    """A tiny WSGI app with the election routes of DESIGN.md, around ``elector.handle``.
+def rpc_app(
+    elector: Any,
+    prefix: str = PREFIX,
+    received: collections.Counter[str] | None = None,
+    peers: Iterable[str] = ("n1", "n2", "n3"),
+) -> WSGIApp:
+    """A plain WSGI app that serves the election routes with the product's own
+    server side (:class:`~flask_goelect.rpc.RpcServer`, unsigned) around
+    ``elector.handle``, and ``GET <prefix>/status`` from ``elector.status()``.
 
-    ``received`` (if given) counts the requests handed to the elector, by type name.
+    ``received`` (if given) counts the requests handed to the elector, by type name;
+    ``peers`` are the senders it accepts (with the elector's configured peers).
     """
+    node_id = getattr(elector, "node_id", "n2")
+    config = getattr(elector, "config", None)
+    known = set(peers) | ({p.id for p in config.peers} if config is not None else set())
+    verifier = RequestVerifier(None, "", node_id, known, max_age=60.0)
+
+    def handle(msg: messages.Request) -> messages.Reply:
+        if received is not None:
+            received[type(msg).__name__] += 1
+        reply: messages.Reply = elector.handle(msg)
+        return reply
+
+    server = RpcServer(verifier, handle, prefix)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         if method == "POST" and path.startswith(f"{prefix}/rpc/"):
-            cls = messages.REQUEST_TYPES.get(path[len(prefix) + 5 :])
-            if cls is None:
-                return json_response(start_response, 404, {"error": "no such rpc"})
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            try:
-                msg = messages.from_wire(cls, json.loads(environ["wsgi.input"].read(length)))
-            except ValueError as exc:  # JSONDecodeError and MessageError
-                return json_response(start_response, 400, {"error": str(exc)})
-            if received is not None:
-                received[type(msg).__name__] += 1
-            try:
-                reply = elector.handle(msg)
-            except ElectorNotRunning as exc:
-                return json_response(start_response, 503, {"error": str(exc)})
-            return json_response(start_response, 200, messages.to_wire(reply))
+            answer = server.serve(
+                path[len(prefix) + 5 :], headers_from_environ(environ), environ["wsgi.input"]
+            )
+            reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Unavailable"}
+            start_response(
+                f"{answer.status} {reason.get(answer.status, 'Status')}",
+                [
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", str(len(answer.body))),
+                    *answer.headers.items(),
+                ],
+            )
+            return [answer.body]
         if method == "GET" and path == f"{prefix}/status":
             return json_response(start_response, 200, elector.status())
         return json_response(start_response, 404, {"error": "not found"})
@@ -138,15 +159,6 @@ class ServerThread:
             self._watcher.send()
             self._thread.join(5)
         self.listener.close()
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 @pytest.fixture
@@ -618,7 +630,7 @@ def test_memory_refuses_foreign_and_failed_replies(net):
         net.send(P2, HB, (1, 1))
 
     def broken(msg: messages.Request) -> messages.Reply:
-        raise ElectorNotRunning("not running")
+        raise NotRunning("not running")
 
     net.register("n2", broken)
     with pytest.raises(TransportError, match="failed to handle heartbeat"):

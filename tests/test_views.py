@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from flask_testing_compat import TestCase, make_app, no_leaked_context  # noqa: F401
+from flask_testing_compat import TestCase
+from live_nodes import make_app
 
 from flask_goelect import LeaderElect
 from flask_goelect.core import HardState

@@ -1,20 +1,23 @@
-"""Launcher glue and checks for the system tests on real example-app processes.
+"""Example-app clusters under injected faults, and the checks of what they did.
 
-* :class:`FaultCluster`: a :class:`~example_app.cluster.LocalCluster` whose nodes
-  reach each other only through a :class:`~faultproxy.FaultProxy` (node ``i``
-  reaches node ``j`` at the proxy's port for ``i -> j``; a node's own address is
-  its real one), with a :class:`Monitor` and a record of every (re)start.
-* :class:`NetnsCluster`: the same nodes, each in its own network namespace,
-  joined by one veth pair per pair of nodes (see :class:`Netns`).
+* :class:`FaultCluster`: a :class:`~goelect_harness.cluster.LocalCluster` whose
+  nodes reach each other only through a :class:`~goelect_harness.faultproxy.FaultProxy`
+  (node ``i`` reaches node ``j`` at the proxy's port for ``i -> j``; a node's own
+  address is its real one), with a :class:`Monitor` and a record of every
+  (re)start. :class:`WatchedCluster` is what it shares with
+  :class:`~goelect_harness.netns.NetnsCluster` (nodes in network namespaces).
 * :class:`Monitor`: polls every running node's ``GET /_goelect/status`` and keeps
   every event line, per process; :meth:`Monitor.term_violations` says where a
   node's term went backwards.
 * Checks that read only what the product left behind: :func:`ledger_violations`
   (the never-twice ledger), :func:`vote_violations` (one vote per term, from the
-  replies the proxy saw), :func:`durability_violations` (what a node said on the
-  wire versus its state file when it restarted).
-* :class:`Report`: rounds, violations and time without a leader per scenario,
-  printed as a table at the end of a module.
+  replies the proxy saw), :class:`WireLog` (what a node said on the wire versus
+  its state file when it restarted).
+* Rounds: :func:`play_round` plays a scenario with fresh random choices, heals
+  and checks; :func:`run_round` adds it to a :class:`Report` (rounds, violations
+  and time without a leader per scenario, printed as a table at the end of a
+  test module) and asserts it found nothing. The partition scenarios, shared by
+  the proxy and the network-namespace tests, are here too.
 
 Nothing here retries an assertion: waiting is bounded polling, and every
 process is signalled by its own PID.
@@ -27,10 +30,7 @@ import http.client
 import json
 import os
 import random
-import shutil
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -39,55 +39,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+from example_app.ledger import LedgerEntry, check_ledger, tail_ledger
+from flask_goelect.core import HardState
+from flask_goelect.storage import FileStorage
 
-from faultproxy import Exchange, FaultProxy  # noqa: E402
-
-from example_app.cluster import ClusterError, Event, LeaderView, LocalCluster  # noqa: E402
-from example_app.ledger import LedgerEntry, check_ledger, tail_ledger  # noqa: E402
-from flask_goelect.core import HardState  # noqa: E402
-from flask_goelect.storage import FileStorage  # noqa: E402
+from .cluster import ClusterError, Event, LeaderView, LocalCluster, Node
+from .faultproxy import Exchange, FaultProxy
+from .helpers import wait_until
 
 __all__ = [
     "BOUND",
-    "Event",
-    "Exchange",
-    "HardState",
-    "LeaderView",
     "FaultCluster",
     "Incarnation",
     "Monitor",
-    "Netns",
-    "NetnsCluster",
+    "Network",
     "Report",
     "RoundResult",
     "Sample",
+    "Scenario",
+    "WatchedCluster",
     "WireLog",
     "check_no_inflation",
-    "play_round",
+    "granted_votes",
     "ledger_violations",
-    "netns_unavailable",
+    "new_lease",
+    "partition_leader_minority",
+    "partition_then_heal",
+    "play_round",
     "read_state_file",
+    "report_writer",
+    "rounds_from_env",
+    "run_round",
     "vote_violations",
-    "wait_until",
+    "wait_for_write",
 ]
 
 #: Event kinds sent in order by the node's signal dispatcher (one channel).
 _SIGNAL_EVENTS = frozenset({"started", "state", "leader", "leader_changed", "stopped"})
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, poll: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something true (returned), or None after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(poll)
 
 
 def read_state_file(path: Path) -> HardState:
@@ -522,20 +510,22 @@ class Network(Protocol):
 
 
 #: How a node runs with ``node_patch``: patched by gevent first, as ``python -m
-#: example_app`` is, then the patch, then the example app's entry point.
+#: example_app`` is, then the patch, then the node's module as ``__main__``. It
+#: imports from the repository root because LocalCluster runs every node there
+#: (the root is its working directory and first PYTHONPATH entry).
 _PATCHED_MAIN = """\
 from gevent import monkey
 monkey.patch_all()
 import runpy
 {patch}
-runpy.run_module("example_app", run_name="__main__", alter_sys=True)
+runpy.run_module({module!r}, run_name="__main__", alter_sys=True)
 """
 
 
-_W = TypeVar("_W", bound="_WatchedCluster")
+_W = TypeVar("_W", bound="WatchedCluster")
 
 
-class _WatchedCluster(LocalCluster):
+class WatchedCluster(LocalCluster):
     """A LocalCluster that records every (re)start, tracks paused nodes and is monitored.
 
     ``node_patch``: Python code every node runs before the app starts (tests
@@ -567,30 +557,20 @@ class _WatchedCluster(LocalCluster):
         cmd = super().command(node_id, start_at)
         if self.node_patch is not None:
             at = cmd.index("-m")
-            cmd[at : at + 2] = ["-c", _PATCHED_MAIN.format(patch=self.node_patch)]
+            script = _PATCHED_MAIN.format(patch=self.node_patch, module=self.node_module)
+            cmd[at : at + 2] = ["-c", script]
         return cmd
 
     def state_file(self, node_id: str) -> Path:
         return self.nodes[node_id].state_dir / f"goelect-{node_id}.json"
 
-    def start(
-        self,
-        node_ids: Iterable[str] | None = None,
-        *,
-        start_at: float | None = None,
-        timeout: float = 30.0,
-    ) -> None:
-        """Start nodes as LocalCluster does, first noting each one's state file."""
-        ids = [n for n in (node_ids or self.nodes) if not self.nodes[n].running]
-        before = {n: (read_state_file(self.state_file(n)), time.monotonic()) for n in ids}
+    def _spawn(self, node: Node, start_at: float | None) -> None:
+        """Spawn the node as LocalCluster does, first noting its state file."""
+        state, spawned = read_state_file(self.state_file(node.id)), time.monotonic()
         self.monitor.start()
-        try:
-            super().start(ids, start_at=start_at, timeout=timeout)
-        finally:
-            for node_id, (state, spawned) in before.items():
-                pid = self.nodes[node_id].pid
-                if pid is not None:
-                    self.incarnations.append(Incarnation(node_id, pid, spawned, state))
+        super()._spawn(node, start_at)
+        assert node.pid is not None
+        self.incarnations.append(Incarnation(node.id, node.pid, spawned, state))
 
     def pause(self, node_id: str) -> float:
         """SIGSTOP the node and wait until the kernel shows it stopped."""
@@ -650,7 +630,7 @@ class _ProxyNet:
         self.proxy.heal()
 
 
-class FaultCluster(_WatchedCluster):
+class FaultCluster(WatchedCluster):
     """Example-app nodes on loopback that reach each other only through a FaultProxy.
 
     Takes LocalCluster's arguments plus ``lifetime`` (seconds after which the
@@ -712,207 +692,6 @@ class FaultCluster(_WatchedCluster):
         if reply.get("granted"):
             self.forged_votes.append((node_id, int(reply["term"]), sender, time.monotonic()))
         return reply
-
-
-# -- network namespaces ------------------------------------------------------------------------
-
-
-def netns_unavailable() -> str | None:
-    """Why network namespaces cannot be used here (None: they can)."""
-    if not sys.platform.startswith("linux"):
-        return "network namespaces exist on Linux only"
-    if os.geteuid() != 0:
-        return "creating network namespaces needs root"
-    if shutil.which("ip") is None:
-        return "the ip command (iproute2) is not installed"
-    name = f"gelprobe{os.getpid()}"
-    try:
-        made = subprocess.run(
-            ["ip", "netns", "add", name], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"ip netns add failed: {exc}"
-    if made.returncode != 0:
-        return f"ip netns add failed: {made.stderr.strip() or made.returncode}"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
-    return None
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-    if check and done.returncode != 0:
-        raise ClusterError(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
-    return done
-
-
-class Netns:
-    """One network namespace per node, a veth pair per pair of nodes, and a
-    management veth from the test's namespace to each node (for status polls).
-
-    Node ``i`` reaches node ``j`` at ``mesh_address(i, j)``, the address of
-    ``j``'s end of their pair; cutting the pair (:meth:`cut`) puts both ends
-    down. The management link is never cut. Addresses are private
-    (``10.X.0.0/16`` with ``X`` unused on this host) and exist only in the new
-    namespaces and on the management veths. :meth:`destroy` deletes everything
-    (also after a partial :meth:`create`).
-    """
-
-    #: Namespaces are named ``gel-<pid of the test process>-<random>-<node id>``.
-    PREFIX = "gel-"
-
-    def __init__(self, node_ids: Sequence[str]) -> None:
-        self.ids = list(node_ids)
-        salt = random.randrange(16**4)
-        self.token = f"{os.getpid() % 100000:05d}{salt % 256:02x}"  # for host-side names
-        self.ns = {n: f"{self.PREFIX}{os.getpid()}-{salt:04x}-{n}" for n in self.ids}
-        self.octet = self._free_octet()
-        self.pairs = [(a, b) for i, a in enumerate(self.ids) for b in self.ids[i + 1 :]]
-        self._created: list[str] = []
-        self._host_links: list[str] = []
-
-    @classmethod
-    def sweep_stale(cls) -> list[str]:
-        """Delete the namespaces a test process that no longer runs left behind
-        (killed before its clean-up); returns their names."""
-        swept = []
-        for line in _ip("netns", "list", check=False).stdout.splitlines():
-            name = line.split()[0] if line.strip() else ""
-            if not name.startswith(cls.PREFIX):
-                continue
-            pid = name[len(cls.PREFIX) :].split("-", 1)[0]
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                _ip("netns", "del", name, check=False)
-                swept.append(name)
-        return swept
-
-    @staticmethod
-    def _free_octet() -> int:
-        used = _ip("-4", "addr").stdout + _ip("-4", "route").stdout
-        for octet in random.sample(range(200, 250), 50):
-            if f"10.{octet}." not in used:
-                return octet
-        raise ClusterError("no free 10.X.0.0/16 range for the test network")
-
-    def management_address(self, node_id: str) -> str:
-        return f"10.{self.octet}.{self.ids.index(node_id)}.2"
-
-    def mesh_address(self, src: str, dst: str) -> str:
-        """The address of ``dst`` on its link with ``src``."""
-        pair = (src, dst) if (src, dst) in self.pairs else (dst, src)
-        index = self.pairs.index(pair)
-        return f"10.{self.octet}.{100 + index}.{1 if dst == pair[0] else 2}"
-
-    @staticmethod
-    def _ifname(peer: str) -> str:
-        return f"to-{peer}"[:15]
-
-    def create(self) -> None:
-        try:
-            for node_id in self.ids:
-                _ip("netns", "add", self.ns[node_id])
-                self._created.append(self.ns[node_id])
-                _ip("-n", self.ns[node_id], "link", "set", "dev", "lo", "up")
-            for index, node_id in enumerate(self.ids):
-                host_end = f"ge{self.token}m{index}"[:15]
-                _ip(
-                    "link", "add", "name", host_end, "type", "veth",
-                    "peer", "name", "mgmt", "netns", self.ns[node_id],
-                )  # fmt: skip
-                self._host_links.append(host_end)
-                _ip("addr", "add", f"10.{self.octet}.{index}.1/30", "dev", host_end)
-                _ip("link", "set", "dev", host_end, "up")
-                _ip(
-                    "-n", self.ns[node_id], "addr", "add",
-                    f"{self.management_address(node_id)}/30", "dev", "mgmt",
-                )  # fmt: skip
-                _ip("-n", self.ns[node_id], "link", "set", "dev", "mgmt", "up")
-            for a, b in self.pairs:
-                _ip(
-                    "link", "add", "name", self._ifname(b), "netns", self.ns[a], "type", "veth",
-                    "peer", "name", self._ifname(a), "netns", self.ns[b],
-                )  # fmt: skip
-                for here, there in ((a, b), (b, a)):
-                    address = self.mesh_address(there, here)
-                    _ip("-n", self.ns[here], "addr", "add", f"{address}/30",
-                        "dev", self._ifname(there))  # fmt: skip
-                    _ip("-n", self.ns[here], "link", "set", "dev", self._ifname(there), "up")
-        except BaseException:
-            self.destroy()
-            raise
-
-    def _set_pair(self, a: str, b: str, up: bool) -> None:
-        state = "up" if up else "down"
-        _ip("-n", self.ns[a], "link", "set", "dev", self._ifname(b), state)
-        _ip("-n", self.ns[b], "link", "set", "dev", self._ifname(a), state)
-
-    def cut(self, a: str, b: str) -> None:
-        """Put the link between ``a`` and ``b`` down (both directions)."""
-        self._set_pair(a, b, up=False)
-
-    def restore(self, a: str, b: str) -> None:
-        self._set_pair(a, b, up=True)
-
-    def partition(self, *groups: Iterable[str], rng: random.Random | None = None) -> None:
-        where = {n: i for i, g in enumerate(groups) for n in g}
-        if sorted(where) != sorted(self.ids):
-            raise ValueError(f"groups must hold every node {self.ids} once")
-        for a, b in self.pairs:
-            if where[a] != where[b]:
-                self.cut(a, b)
-
-    def heal(self) -> None:
-        for a, b in self.pairs:
-            self.restore(a, b)
-
-    def destroy(self) -> None:
-        """Delete the namespaces (their veths go with them) and the management veths."""
-        for name in self._host_links:
-            _ip("link", "del", "dev", name, check=False)
-        self._host_links.clear()
-        for name in self._created:
-            _ip("netns", "del", name, check=False)
-        self._created.clear()
-
-
-class NetnsCluster(_WatchedCluster):
-    """Example-app nodes, each in its own network namespace (see :class:`Netns`).
-
-    The launcher (this process, in its own namespace) reaches each node on its
-    management address; nodes reach each other over their veth pairs only.
-    """
-
-    net: Netns
-
-    def __init__(self, nodes: int, *, lifetime: float, **kwargs: Any) -> None:
-        super().__init__(nodes, lifetime=lifetime, **kwargs)
-        self.net = Netns(list(self.nodes))
-        try:
-            self.net.create()
-        except BaseException:
-            super().close()
-            raise
-        for node in self.nodes.values():
-            node.host = self.net.management_address(node.id)
-
-    def peer_address(self, node_id: str, peer_id: str) -> str:
-        return f"http://{self.net.mesh_address(node_id, peer_id)}:{self.nodes[peer_id].port}"
-
-    def command(self, node_id: str, start_at: float | None = None) -> list[str]:
-        cmd = super().command(node_id, start_at)
-        # Listen on every address of the namespace: the management one and the veths.
-        cmd[cmd.index("--listen") + 1] = f"0.0.0.0:{self.nodes[node_id].port}"
-        # The launcher's polls come from another namespace, not from loopback.
-        # `ip netns exec` and `env` exec the command: the PID stays the node's own.
-        return [
-            "ip", "netns", "exec", self.net.ns[node_id],
-            "env", "GOELECT_STATUS_PUBLIC=true", *cmd,
-        ]  # fmt: skip
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self.net.destroy()
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -1054,7 +833,7 @@ def rounds_from_env(default: int = 1) -> int:
     return int(text)
 
 
-def restore(cluster: _WatchedCluster) -> None:
+def restore(cluster: WatchedCluster) -> None:
     """Undo every fault: the network heals, paused nodes resume, stopped nodes start."""
     cluster.net.heal()
     for node_id in list(cluster.paused):
@@ -1064,7 +843,7 @@ def restore(cluster: _WatchedCluster) -> None:
         cluster.start(stopped, timeout=60.0)
 
 
-def settle(cluster: _WatchedCluster) -> LeaderView:
+def settle(cluster: WatchedCluster) -> LeaderView:
     """Every node running and one agreed leader, past every restart promise."""
     restore(cluster)
     first = cluster.leader_view(BOUND)
@@ -1108,12 +887,12 @@ def wait_for_write(
     return found
 
 
-def play_round(cluster: _WatchedCluster, scenario: Scenario, seed: int) -> RoundResult:
+def play_round(cluster: WatchedCluster, scenario: Scenario, seed: int) -> RoundResult:
     """Run one round of ``scenario`` with randomness from ``seed``, heal, and check.
 
     The round's violations are the scenario's own, liveness after healing (an
     agreed leader that writes to the ledger in its term), and every new
-    violation in what the cluster left behind (:meth:`_WatchedCluster.violations`).
+    violation in what the cluster left behind (:meth:`WatchedCluster.violations`).
     """
     rng = random.Random(seed)
     known = set(cluster.violations())
@@ -1141,7 +920,7 @@ def play_round(cluster: _WatchedCluster, scenario: Scenario, seed: int) -> Round
 
 
 def run_round(
-    cluster: _WatchedCluster,
+    cluster: WatchedCluster,
     report: Report,
     name: str,
     scenario: Scenario,
@@ -1161,7 +940,7 @@ def run_round(
 
 
 def check_no_inflation(
-    cluster: _WatchedCluster,
+    cluster: WatchedCluster,
     result: RoundResult,
     minority: Iterable[str],
     term: int,
@@ -1178,7 +957,7 @@ def check_no_inflation(
         )
 
 
-def _heal_and_compare(cluster: _WatchedCluster, result: RoundResult, node: str, term: int) -> None:
+def _heal_and_compare(cluster: WatchedCluster, result: RoundResult, node: str, term: int) -> None:
     cluster.net.heal()
     try:
         after = cluster.leader_view(BOUND, min_term=term)
@@ -1190,7 +969,7 @@ def _heal_and_compare(cluster: _WatchedCluster, result: RoundResult, node: str, 
 
 
 def partition_leader_minority(
-    cluster: _WatchedCluster, rng: random.Random, leader: LeaderView, result: RoundResult
+    cluster: WatchedCluster, rng: random.Random, leader: LeaderView, result: RoundResult
 ) -> None:
     """The leader (with up to ``(n-1)//2 - 1`` followers) is cut off from the rest.
 
@@ -1218,7 +997,7 @@ def partition_leader_minority(
 
 
 def partition_then_heal(
-    cluster: _WatchedCluster, rng: random.Random, leader: LeaderView, result: RoundResult
+    cluster: WatchedCluster, rng: random.Random, leader: LeaderView, result: RoundResult
 ) -> None:
     """A random minority (the leader may be in it or not) is cut off, then healed.
 
