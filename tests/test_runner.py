@@ -539,7 +539,7 @@ def test_wait_for_leader_is_woken_by_the_election(cluster):
     # itself once it holds its lease), and leaves no event behind.
     assert [info.id for info in found] == [leader.node_id] * 3
     assert leader.is_leader()
-    assert all(not e._waiters for e in electors.values())
+    assert all(not e._pub._waiters for e in electors.values())
 
 
 def test_quiet_server_formats_no_access_log_lines(cluster, monkeypatch):

@@ -5,6 +5,7 @@
 * :mod:`.senders`: one mailbox and one sender per peer;
 * :mod:`.callbacks`: the state-change callbacks, off the loop and bounded;
 * :mod:`.tasks`: leader tasks and their :class:`LeaderContext`;
+* :mod:`.publish`: the snapshot readers see, its waiters and listeners;
 * :mod:`.elector`: the :class:`Elector` itself (lifecycle, stepping the core,
   persisting before publishing, the loop).
 """

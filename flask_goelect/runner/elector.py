@@ -40,7 +40,6 @@ from .. import _hooks, core
 from .. import clock as _clock
 from ..messages import Heartbeat, Reply, Request, TimeoutNow, VoteRequest
 from ..state import (
-    STATE_OF_ROLE,
     ErrorRecord,
     NotRunning,
     Snapshot,
@@ -51,6 +50,7 @@ from ..state import (
 from ..storage import Storage
 from ..transport import Transport
 from .callbacks import CallbackDispatcher, OnTransition
+from .publish import Publisher
 from .runtime import LoopWaker, Runtime, is_patched
 from .senders import PeerSenders
 from .tasks import LeaderTasks, TaskFunc
@@ -162,20 +162,17 @@ class Elector:
         self._tasks = LeaderTasks(self.node_id, self.log)
         # Lifecycle; _life_lock guards the flags only and is never held while waiting.
         self._life_lock = threading.Lock()
-        # Events of callers waiting for a change of the snapshot (set on each new one).
-        self._waiters_lock = threading.Lock()
-        self._waiters: list[Any] = []
         self._running = False
         self._stopping = False
         self._closed = False
         self._gen = 0
         self._pid: int | None = None
         self._run: _Run | None = None
-        self._snapshot = self._stopped_snapshot(0)
+        self._pub = Publisher(self.node_id, self._voters, self._observers)
         _ELECTORS.add(self)
 
     def __repr__(self) -> str:
-        snap = self._snapshot
+        snap = self._pub.current
         return f"<Elector {self.node_id!r} {snap.state} term={snap.term} mode={self.mode}>"
 
     # -- readers (no lock) ----------------------------------------------------------
@@ -188,7 +185,7 @@ class Elector:
     @property
     def snapshot(self) -> Snapshot:
         """The current :class:`~flask_goelect.state.Snapshot` (read it once per use)."""
-        return self._snapshot
+        return self._pub.current
 
     @property
     def mode(self) -> str | None:
@@ -201,7 +198,7 @@ class Elector:
     def is_leader(self) -> bool:
         """True only while this node leads and holds a valid lease. Cheap: no lock."""
         now = self._clock()  # before the snapshot: a lease dropped meanwhile is seen
-        return self._snapshot.is_leader(now)
+        return self._pub.current.is_leader(now)
 
     def wait_for_leader(self, timeout: float) -> core.LeaderInfo | None:
         """Wait up to ``timeout`` seconds until a leader is known; return it, or None.
@@ -216,43 +213,19 @@ class Elector:
             )
 
         if self._wait_for(known, time.monotonic() + timeout):
-            return self._snapshot.leader
+            return self._pub.current.leader
         return None
 
     def _wait_for(self, predicate: Callable[[Snapshot], bool], deadline: float) -> bool:
-        """Wait until ``predicate(snapshot)`` holds (True), or the deadline or a stop.
-
-        Woken by every new snapshot, not by polling: a waiter costs nothing
-        while nothing changes, and sees a change at once.
-        """
+        """Wait until ``predicate(snapshot)`` holds (True), or the deadline or a stop."""
         run = self._run
-        if predicate(self._snapshot):
-            return True
-        if run is None or not self._running:
-            return False
-        event = run.rt.event()
-        with self._waiters_lock:
-            self._waiters.append(event)
-        try:
-            while True:
-                if predicate(self._snapshot):
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._running:
-                    return False
-                event.wait(remaining)
-                event.clear()
-        finally:
-            with self._waiters_lock:
-                self._waiters.remove(event)
-
-    def _wake_waiters(self) -> None:
-        for event in list(self._waiters):
-            event.set()
+        if run is None:
+            return predicate(self._pub.current)
+        return self._pub.wait_for(predicate, deadline, run.rt.event, lambda: self._running)
 
     def status(self) -> dict[str, Any]:
         """This node's view, JSON-ready (the ``GET /status`` route shows it)."""
-        snap = self._snapshot
+        snap = self._pub.current
         now = self._clock()
         run = self._run
         last_contact: dict[str, float] = {}
@@ -321,7 +294,7 @@ class Elector:
                     record=self._record,
                     log=self.log,
                 )
-            self._snapshot = self._make_snapshot(node)
+            self._pub.publish(self._pub.of(node))
             self._running = True
             try:
                 if run.callbacks is not None:
@@ -333,7 +306,7 @@ class Elector:
             except BaseException:
                 self._running = False
                 self._gen += 1
-                self._snapshot = self._stopped_snapshot(node.term)
+                self._pub.publish(self._pub.stopped(node.term))
                 raise
         mode = "the current hub" if patched else "its own thread"
         self.log.info(
@@ -359,7 +332,7 @@ class Elector:
                 return
             self._stopping = True
         try:
-            if transfer and self._running and self._snapshot.state is State.LEADER:
+            if transfer and self._running and self._pub.current.state is State.LEADER:
                 self._hand_over(min(deadline, time.monotonic() + self.config.elect_timeout))
             self._halt()
             self._join_workers(deadline)
@@ -390,7 +363,7 @@ class Elector:
             return snap.leader_id is not None and snap.leader_id != self.node_id
 
         if self._wait_for(new_leader, deadline):
-            leader = self._snapshot.leader_id
+            leader = self._pub.current.leader_id
             self.log.info("goelect %s: handed leadership over to %s", self.node_id, leader)
             return
         self.log.info(
@@ -405,9 +378,9 @@ class Elector:
             if not self._running:
                 return
             self._running = False
-            self._snapshot = self._stopped_snapshot(self._snapshot.term)
+            self._pub.publish(self._pub.stopped(self._pub.current.term))
         run = self._run
-        self._wake_waiters()
+        self._pub.wake()
         if run is not None:
             run.waker.send()
             if run.senders is not None:
@@ -454,14 +427,12 @@ class Elector:
         # end without doing anything. Locks are replaced: one may have been held.
         self._gen += 1
         self._life_lock = threading.Lock()
-        self._waiters_lock = threading.Lock()
-        self._waiters = []
         self._running = False
         self._stopping = False
         self._pid = None
         self._run = None
         self._tasks.forget()
-        self._snapshot = self._stopped_snapshot(self._snapshot.term)
+        self._pub.forget_after_fork()
 
     # -- inbound -----------------------------------------------------------------------
 
@@ -568,11 +539,8 @@ class Elector:
         if out.persist is not None:
             run.state_version += 1
             run.pending_state = out.persist
-        snap = self._make_snapshot(node, self._snapshot)
-        if snap is not self._snapshot:
-            self._snapshot = snap
-            if self._waiters:
-                self._wake_waiters()
+        snap = self._pub.of(node)
+        self._pub.publish(snap)
         deadline = node.next_deadline()
         if from_loop:
             run.loop_deadline = deadline
@@ -635,45 +603,6 @@ class Elector:
                 raise
             run.saved_version = latest
 
-    def _make_snapshot(self, node: core.Node, current: Snapshot | None = None) -> Snapshot:
-        """The snapshot of ``node``: ``current`` itself if nothing readers see changed.
-
-        Most steps (a heartbeat on a follower, the second ack of a round on the
-        leader) change nothing readers see; keeping the object saves building a
-        new one, and tells waiters there is nothing new.
-        """
-        leader = node.leader
-        state = STATE_OF_ROLE[node.role]
-        lease_until = node.lease_until if state is State.LEADER else 0.0
-        if (
-            current is not None
-            and current.state is state
-            and current.term == node.term
-            and current.lease_until == lease_until
-            and (
-                current.leader_id is None
-                if leader is None
-                else current.leader_id == leader.id
-                and current.leader_address == leader.address
-                and current.leader_tags == leader.tags
-            )
-        ):
-            return current
-        return Snapshot(
-            node_id=self.node_id,
-            state=state,
-            term=node.term,
-            leader_id=leader.id if leader is not None else None,
-            leader_address=leader.address if leader is not None else "",
-            leader_tags=dict(leader.tags) if leader is not None else {},
-            lease_until=lease_until,
-            voters=self._voters,
-            observers=self._observers,
-        )
-
-    def _stopped_snapshot(self, term: int) -> Snapshot:
-        return Snapshot.stopped(self.node_id, term, self._voters, self._observers)
-
     # -- the loop --------------------------------------------------------------------------
 
     def _loop(self, run: _Run, event: Any) -> None:
@@ -696,11 +625,11 @@ class Elector:
                     return  # a storage failure: _flush has stopped the elector
             if self._tasks:
                 self._tasks.reconcile(
-                    self._snapshot,
+                    self._pub.current,
                     self._clock(),
                     run.rt,
                     running=self._running,
-                    source=lambda: self._snapshot,
+                    source=lambda: self._pub.current,
                     clock=self._clock,
                     record=self._record,
                 )
@@ -713,7 +642,7 @@ class Elector:
         # that is over, would only mislead the peer (a late heartbeat renews its
         # promise not to vote): drop it. The snapshot is at least as new as the
         # step that queued the message.
-        snap = self._snapshot
+        snap = self._pub.current
         if isinstance(msg, Heartbeat):
             return snap.state is not State.LEADER or snap.term != msg.term
         if isinstance(msg, VoteRequest):
