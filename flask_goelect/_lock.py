@@ -1,32 +1,62 @@
-"""An exclusive, non-blocking lock on a node's state file.
+"""Which process of a machine runs a node's elector: locks on ``<state file>.lock``.
 
-Two electors that share one state file would each believe they are the node:
-they could both vote in one term (one vote per term is only safe with one
-writer) and both answer for it. The elector therefore holds ``flock`` on
-``<state file>.lock`` while it runs. The kernel releases the lock when the
-process dies, however it dies, so a crashed node never leaves a stale lock.
+A node may be served by several processes of one machine (gunicorn or uWSGI
+workers, recycled and replaced over time). Exactly one of them may run the
+node's elector: two electors of one node could both vote in one term. They
+agree through POSIX record locks (``fcntl``) on bytes of the lock file:
 
-The lock file also carries a random token for the node's administrative route
-(``POST <prefix>/transfer``): only a user who can read the node's state folder
-can read it, the same user who could stop or restart the node.
+* byte 0, exclusive: the **elector lock**. The process that holds it runs the
+  elector, writes the state file and the record the other processes read.
+* bytes ``1 .. MAX_MEMBERS``: one per **member** process (each takes the first
+  free byte) that could take the elector over when the holder goes away.
+
+Record locks, rather than ``flock``, because they belong to the *process*: a
+forked child never inherits them, however it was forked (uWSGI forks its
+workers from C, where no Python hook runs), and the kernel drops them when the
+process dies, however it dies. Their one trap is that closing *any* descriptor
+of the file drops every lock the process holds on it; so each process opens the
+lock file once (:func:`lock_file` keeps one :class:`LockFile` per path) and
+never closes it while it holds a lock.
+
+The lock file also carries the elector's pid, node id and a random token for
+the node's administrative route (``POST <prefix>/transfer``): only a user who
+can read the node's state folder can read it, the same user who could stop or
+restart the node.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import threading
+from collections.abc import Callable
 from pathlib import Path
+
+from . import _hooks
 
 try:
     import fcntl
-except ImportError:  # pragma: no cover - Windows: no flock; run one elector per node by hand
+except ImportError:  # pragma: no cover - Windows: no record locks; one process per node
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LockError", "StateFileLock", "read_token"]
+__all__ = [
+    "MAX_MEMBERS",
+    "LockError",
+    "LockFile",
+    "lock_file",
+    "lock_path",
+    "read_token",
+]
+
+#: How many processes of one node can wait to take its elector over.
+MAX_MEMBERS = 256
+
+_ELECTOR_BYTE = 0
 
 
 class LockError(RuntimeError):
-    """Another elector holds the state file of this node."""
+    """Another elector of this node runs in this process, or the lock cannot be used."""
 
 
 def lock_path(state_file: str | os.PathLike[str]) -> Path:
@@ -35,101 +65,287 @@ def lock_path(state_file: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + ".lock")
 
 
+def _try_lock(fd: int, byte: int, exclusive: bool = True) -> bool:
+    """Take a record lock on one byte without waiting; False if another process holds it."""
+    if fcntl is None:  # pragma: no cover
+        return True
+    kind = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    try:
+        fcntl.lockf(fd, kind | fcntl.LOCK_NB, 1, byte)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
+def _unlock(fd: int, byte: int) -> None:
+    if fcntl is not None:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, byte)
+
+
 def read_token(state_file: str | os.PathLike[str]) -> str | None:
-    """The administrative token of the running elector, or None if none runs."""
+    """The administrative token of the node's running elector, or None if none runs.
+
+    For another process than the elector's (the ``flask goelect`` commands): it
+    opens and closes the lock file, which would drop the locks of a process
+    that holds one.
+    """
+    held = _FILES.get(_key(lock_path(state_file)))
+    if held is not None and held.pid == os.getpid():
+        return held.token or None
     try:
         fd = os.open(lock_path(state_file), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                pass  # held: an elector runs, its token is current
-            else:
-                return None  # nobody holds the lock: a killed node's token is stale
+        if _try_lock(fd, _ELECTOR_BYTE, exclusive=False):
+            return None  # nobody holds the elector lock: a killed node's token is stale
         text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
     finally:
         os.close(fd)
+    return _field(text, "token") or None
+
+
+def _field(text: str, name: str) -> str:
     for line in text.splitlines():
         key, _, value = line.partition("=")
-        if key == "token" and value:
-            return value
-    return None
-
-
-class StateFileLock:
-    """Holds ``flock(LOCK_EX | LOCK_NB)`` on ``<state_file>.lock`` until released."""
-
-    def __init__(self, state_file: str | os.PathLike[str], node_id: str) -> None:
-        self.state_file = Path(state_file)
-        self.path = lock_path(state_file)
-        self.node_id = node_id
-        self.token = ""
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self) -> None:
-        """Take the lock, or raise :class:`LockError` saying who holds it and what to do."""
-        if self._fd is not None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = _read_pid(fd)
-                os.close(fd)
-                who = f"process {holder}" if holder else "another process"
-                raise LockError(
-                    f"another elector ({who}) already runs node {self.node_id!r} with the"
-                    f" state file {str(self.state_file)!r} (locked through {str(self.path)!r})."
-                    " Run exactly one elector per node: serve the app with a single worker"
-                    " process (e.g. gunicorn -w 1 with threads or gevent), give each node its"
-                    " own GOELECT_NODE_ID and GOELECT_STATE_FILE, or set GOELECT_AUTOSTART"
-                    " = False where no elector should run (CLI scripts, shells)"
-                ) from None
-        self.token = secrets.token_urlsafe(24)
-        content = f"pid={os.getpid()}\nnode={self.node_id}\ntoken={self.token}\n".encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, content, 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        """Give the lock up (harmless when not held)."""
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            # Wipe the token so that a stopped node's token cannot be replayed.
-            os.ftruncate(fd, 0)
-        except OSError:  # pragma: no cover - best effort
-            pass
-        os.close(fd)  # closing the descriptor releases the flock
-
-    def forget_after_fork(self) -> None:
-        """In a forked child: drop the inherited descriptor without touching the lock.
-
-        The child shares the parent's open file description; closing it here
-        does not release the parent's lock, but the child must not wipe the token.
-        """
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-
-def _read_pid(fd: int) -> str:
-    try:
-        text = os.pread(fd, 256, 0).decode("utf-8", "replace")
-    except OSError:  # pragma: no cover
-        return ""
-    for line in text.splitlines():
-        key, _, value = line.partition("=")
-        if key == "pid":
+        if key == name:
             return value.strip()
     return ""
+
+
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+class LockFile:
+    """One process's handle on a node's lock file: the elector lock and a member byte.
+
+    Get it with :func:`lock_file`; it is shared by everything in this process
+    that runs the same node.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pid = os.getpid()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(
+            path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600
+        )
+        self._lock = threading.Lock()
+        #: Who in this process holds the elector lock (an object of the caller's), or None.
+        self.elector_owner: object | None = None
+        #: The token of ``POST <prefix>/transfer`` while this process holds the elector lock.
+        self.token = ""
+        self.member_byte: int | None = None
+        self._waiting = False
+        self._on_acquired: Callable[[], bool] | None = None
+
+    def __repr__(self) -> str:
+        return f"<LockFile {str(self.path)!r} pid={self.pid} elector={self.elector_owner!r}>"
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise LockError(f"the lock file {str(self.path)!r} is closed")
+        return self._fd
+
+    # -- the elector lock ------------------------------------------------------------
+
+    def take_elector(self, owner: object, node_id: str) -> bool:
+        """Take the elector lock for ``owner`` without waiting; False if another
+        process holds it.
+
+        :raises LockError: another owner in this process holds it (two electors
+            of one node in one process: a configuration error).
+        """
+        with self._lock:
+            if self.elector_owner is not None:
+                if self.elector_owner is owner:
+                    return True
+                raise LockError(
+                    f"another elector already runs node {node_id!r} in this process"
+                    f" (process {os.getpid()}) with the state file"
+                    f" {str(self.path.with_suffix(''))!r}. Run one elector per node: give"
+                    " each node its own GOELECT_NODE_ID and GOELECT_STATE_FILE"
+                )
+            if not _try_lock(self.fd, _ELECTOR_BYTE):
+                return False
+            self._took(owner, node_id)
+            return True
+
+    def _took(self, owner: object, node_id: str) -> None:
+        self.elector_owner = owner
+        self.token = secrets.token_urlsafe(24)
+        content = f"pid={os.getpid()}\nnode={node_id}\ntoken={self.token}\n".encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, content, 0)
+
+    def release_elector(self, owner: object) -> None:
+        """Give the elector lock up (harmless when ``owner`` does not hold it)."""
+        with self._lock:
+            if self.elector_owner is not owner or self._fd is None:
+                return
+            self.elector_owner = None
+            self.token = ""
+            # Wipe the token so that a stopped node's token cannot be replayed.
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:  # pragma: no cover - best effort
+                pass
+            _unlock(self._fd, _ELECTOR_BYTE)
+
+    def holder(self) -> str:
+        """What the lock file says of the elector's process (``"process 123"``), or ``""``."""
+        try:
+            text = os.pread(self.fd, 4096, 0).decode("utf-8", "replace")
+        except OSError:  # pragma: no cover
+            return ""
+        pid = _field(text, "pid")
+        return f"process {pid}" if pid else ""
+
+    def wait_for_elector(
+        self,
+        owner: object,
+        node_id: str,
+        on_acquired: Callable[[], bool],
+        start_thread: Callable[[str, Callable[[], None]], object],
+    ) -> None:
+        """Take the elector lock for ``owner`` as soon as the holder lets it go.
+
+        A native thread waits in the kernel (no polling): the lock passes the
+        moment the holding process releases it or dies. Then ``on_acquired()``
+        runs in that thread; if it returns False (``owner`` no longer wants
+        it), the lock is given up again. One waiter per process and lock file;
+        a later call replaces the callback.
+        """
+        with self._lock:
+            self._on_acquired = on_acquired
+            if self._waiting:
+                return
+            self._waiting = True
+
+        def wait() -> None:
+            try:
+                if fcntl is not None:
+                    fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, _ELECTOR_BYTE)
+            except OSError:
+                with self._lock:
+                    self._waiting = False
+                return
+            with self._lock:
+                self._waiting = False
+                callback, self._on_acquired = self._on_acquired, None
+                if self.elector_owner is not None:
+                    # Another owner of this process took it meanwhile: record locks
+                    # of one process never conflict, so the wait ended on its lock,
+                    # which must stay.
+                    return
+                if callback is None:
+                    _unlock(self.fd, _ELECTOR_BYTE)
+                    return
+                self._took(owner, node_id)
+            if not callback():
+                self.release_elector(owner)
+
+        start_thread(f"goelect-{node_id}-takeover", wait)
+
+    def stop_waiting(self) -> None:
+        """Whatever the waiter takes from now on, it gives up at once."""
+        with self._lock:
+            self._on_acquired = None
+
+    # -- members -------------------------------------------------------------------------
+
+    def join(self) -> int:
+        """Take a member byte (idempotent); returns its number (1 .. MAX_MEMBERS).
+
+        :raises LockError: every member byte is taken.
+        """
+        with self._lock:
+            if self.member_byte is not None:
+                return self.member_byte
+            for byte in range(1, MAX_MEMBERS + 1):
+                if _try_lock(self.fd, byte):
+                    self.member_byte = byte
+                    return byte
+        raise LockError(
+            f"{MAX_MEMBERS} processes already serve the node of {str(self.path)!r}; that is"
+            " the limit"
+        )
+
+    def leave(self) -> None:
+        """Give the member byte up: this process will not take the elector over."""
+        with self._lock:
+            byte, self.member_byte = self.member_byte, None
+            if byte is not None and self._fd is not None:
+                _unlock(self._fd, byte)
+
+    def other_members(self) -> list[int]:
+        """The member bytes other live processes hold (who could take over)."""
+        found = []
+        with self._lock:
+            for byte in range(1, MAX_MEMBERS + 1):
+                if byte == self.member_byte:
+                    continue
+                if _try_lock(self.fd, byte):
+                    _unlock(self.fd, byte)
+                else:
+                    found.append(byte)
+        return found
+
+    # -- fork --------------------------------------------------------------------------------
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: this process holds none of the parent's locks.
+
+        The inherited descriptor is closed (which drops no lock of the parent's:
+        record locks belong to the process that took them).
+        """
+        fd, self._fd = self._fd, None
+        self._lock = threading.Lock()
+        self.elector_owner = None
+        self.token = ""
+        self.member_byte = None
+        self._waiting = False
+        self._on_acquired = None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:  # pragma: no cover
+                pass
+
+
+_FILES: dict[str, LockFile] = {}
+_FILES_LOCK = threading.Lock()
+
+
+def lock_file(state_file: str | os.PathLike[str]) -> LockFile:
+    """This process's :class:`LockFile` of the node whose state is in ``state_file``.
+
+    One per process and path: a forked child gets a new one.
+    """
+    path = lock_path(state_file)
+    key = _key(path)
+    with _FILES_LOCK:
+        found = _FILES.get(key)
+        if found is not None and found.pid == os.getpid():
+            return found
+        if found is not None:
+            found.forget_after_fork()
+        created = _FILES[key] = LockFile(path)
+        return created
+
+
+def forget_lock_files_after_fork() -> None:
+    """In a forked child: drop the parent's lock files (see :meth:`LockFile.forget_after_fork`)."""
+    global _FILES_LOCK
+    _FILES_LOCK = threading.Lock()
+    for found in list(_FILES.values()):
+        if found.pid != os.getpid():
+            found.forget_after_fork()
+    _FILES.clear()
+
+
+_hooks.in_child("connections", forget_lock_files_after_fork)

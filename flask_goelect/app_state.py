@@ -25,11 +25,12 @@ from typing import Any
 from flask import Flask
 
 from . import _hooks, auth, core, signals
+from ._answers import Answer
 from ._settings import Settings, security_warnings
 from .messages import Reply, Request
 from .node import NodeRunner, make_transport
-from .rpc import RpcServer
-from .state import STATE_OF_ROLE, ElectorLike, ErrorRecord, FixedElector, Snapshot, State
+from .rpc import Body, Headers
+from .state import STATE_OF_ROLE, ElectorLike, ErrorRecord, Snapshot, State
 from .transport import HttpTransport, ask_statuses
 
 __all__ = ["ExtensionState"]
@@ -53,13 +54,6 @@ class ExtensionState:
         self._lock = threading.RLock()
         self._forced: ElectorLike | None = None
         config = settings.election
-        self._idle = FixedElector(
-            Snapshot.stopped(
-                settings.node_id, 0, tuple(sorted(config.voters)), tuple(sorted(config.observers))
-            )
-        )
-        self._node = NodeRunner(settings, self.make_transport, self._on_transition)
-        self._restart_after_fork = False
         #: (state, leader id, term) of the last change signalled, for the stop signals.
         self._last_signalled: tuple[str, str | None, int] | None = None
         keyring = settings.keyring
@@ -73,8 +67,8 @@ class ExtensionState:
             (p.id for p in config.peers),
             max_age=settings.auth_max_age,
         )
-        #: Answers the peers' RPCs (the routes hand them over).
-        self.rpc = RpcServer(self.verifier, self.handle, settings.url_prefix)
+        #: This process's part in running the node (see :mod:`flask_goelect.node`).
+        self.node = NodeRunner(settings, self.verifier, self.make_transport, self._on_transition)
         self._warned = False
 
     def __repr__(self) -> str:
@@ -90,16 +84,26 @@ class ExtensionState:
     @property
     def url_prefix(self) -> str:
         """The path prefix peers use to reach the routes (the blueprint's, once known)."""
-        return self.rpc.url_prefix
+        return self.node.rpc.url_prefix
 
     @url_prefix.setter
     def url_prefix(self, value: str) -> None:
-        self.rpc.url_prefix = value
+        self.node.rpc.url_prefix = value
 
     @property
     def elector(self) -> ElectorLike:
         """What answers queries (see the module docs)."""
-        return self._forced or self._node.elector or self._idle
+        forced = self._forced
+        if forced is not None:
+            return forced
+        view: ElectorLike = self.node.view
+        return view
+
+    @property
+    def runs_jobs(self) -> bool:
+        """Whether ``@elect.leader_only`` jobs may run in this process: only in the
+        node's elector process (or when a state is forced by tests)."""
+        return self._forced is not None or self.node.runs_jobs
 
     @property
     def snapshot(self) -> Snapshot:
@@ -112,7 +116,7 @@ class ExtensionState:
 
     @property
     def admin_token(self) -> str:
-        return self._node.admin_token
+        return self.node.admin_token
 
     def force(self, elector: ElectorLike | None) -> ElectorLike | None:
         """Answer every query from ``elector`` (None: from the real one again).
@@ -132,15 +136,13 @@ class ExtensionState:
 
     def start(self) -> None:
         with self._lock:
-            if self._node.running:
-                return
             if not self.routes_ready:
                 raise RuntimeError(
                     "the election routes are not mounted yet: register the blueprint given"
                     " to LeaderElect(blueprint=...) on the app before starting the elector"
                 )
             _watch_process()
-            self._node.start()
+            self.node.start(defer_in_master=True)
             _live.add(self)
             if not self._warned:
                 self._warned = True
@@ -148,10 +150,11 @@ class ExtensionState:
                     logger.warning("flask-goelect: node %r: %s", self.settings.node_id, warning)
 
     def stop(self, transfer: bool = True, timeout: float | None = None) -> None:
+        """This process leaves the node (see :meth:`flask_goelect.node.NodeRunner.stop`)."""
         with self._lock:
             if timeout is None:
                 timeout = max(1.0, 2 * self.settings.elect_timeout)
-            stopped = self._node.stop(transfer, timeout)
+            stopped = self.node.stop(transfer, timeout)
             _live.discard(self)
             if stopped is not None:
                 self._signal_stopped(stopped)
@@ -198,36 +201,15 @@ class ExtensionState:
                 )
             )
 
-    # The process hooks (see flask_goelect._hooks and the functions at the end).
-
-    def before_fork(self) -> None:
-        # The forking process (a gunicorn --preload master) gives its elector to
-        # the child: stop here without a hand-over, start again in the child.
-        with self._lock:
-            if self._node.running:
-                self._restart_after_fork = True
-                self.stop(transfer=False, timeout=1.0)
-
-    def after_fork_in_child(self) -> None:
-        self._lock = threading.RLock()
-        # The parent stopped its elector (closing its storage and transport) so
-        # that it no longer holds the lock the child inherits: the child starts a
-        # new elector (the runner has already reset the stopped one's state).
-        self._node.forget_after_fork()
-        if self._restart_after_fork:
-            self._restart_after_fork = False
-            try:
-                self.start()
-            except Exception:
-                logger.exception(
-                    "flask-goelect: node %r could not start its elector after fork",
-                    self.settings.node_id,
-                )
-
     def stop_at_exit(self) -> None:
-        # Hand over at exit so that a rolling restart costs a round trip, not an
-        # election timeout; bounded so that exit never hangs on a dead peer.
-        self.stop(transfer=True, timeout=min(2.0, 2 * self.settings.elect_timeout))
+        # The process exits: the elector goes to another process of the node, or a
+        # leader hands leadership over to another node (a rolling restart then costs
+        # a round trip, not an election timeout); bounded so that exit never hangs.
+        with self._lock:
+            stopped = self.node.stop_at_exit()
+            _live.discard(self)
+            if stopped is not None:
+                self._signal_stopped(stopped)
 
     # -- queries and control --------------------------------------------------------
 
@@ -239,12 +221,35 @@ class ExtensionState:
         return self.elector.handle(msg)
 
     def status(self) -> dict[str, Any]:
-        """This node's view: what the elector reports, and this node's address."""
+        """This node's view: what its elector reports, and this node's address."""
         status: dict[str, Any] = {"node_id": self.settings.node_id}
         status["address"] = self.settings.node_address
-        status.update(self.elector.status())
+        if self._forced is not None:
+            status.update(self._forced.status())
+        else:
+            status.update(self.node.status())
         status.setdefault("last_contact", {})
         return status
+
+    def serve_rpc(self, kind: str, headers: Headers, body: Body, remote_addr: str) -> Answer:
+        """Answer a peer's RPC (in the node's elector process, wherever it lands)."""
+        return self.node.serve_rpc(kind, headers, body, remote_addr)
+
+    def status_answer(
+        self,
+        method: str,
+        path: str,
+        headers: Headers,
+        body: Body,
+        remote_addr: str,
+        *,
+        may_read_unsigned: bool,
+        full: bool,
+    ) -> Answer:
+        """The answer of a status route (see ``NodeRunner.status_answer``)."""
+        return self.node.status_answer(
+            method, path, headers, body, remote_addr, may_read_unsigned, full
+        )
 
     def transfer_leadership(self, to: str | None = None) -> str:
         return self.elector.transfer_leadership(to)
@@ -261,7 +266,7 @@ class ExtensionState:
                 return func(ctx)
 
         with self._lock:
-            self._node.add_task(task)
+            self.node.add_task(task)
 
     def cluster_state(self, timeout: float | None = None) -> dict[str, dict[str, Any]]:
         """Every node's own view (see ``LeaderElect.cluster_state``)."""
@@ -339,32 +344,21 @@ class ExtensionState:
         )
 
 
-# -- process hooks: every running ExtensionState of this process -------------------------
+# -- process hooks: every started ExtensionState of this process ------------------------
 
-#: States whose elector runs in this process, or that a fork moved to its children.
 _live: weakref.WeakSet[ExtensionState] = weakref.WeakSet()
-_moved: weakref.WeakSet[ExtensionState] = weakref.WeakSet()
 
 
 def _watch_process() -> None:
-    _hooks.before_fork(_before_fork)
     _hooks.in_child("owners", _after_fork_in_child)
     _hooks.at_exit(_stop_all_at_exit)
 
 
-def _before_fork() -> None:
-    for state in list(_live):
-        state.before_fork()
-        if state._restart_after_fork:
-            _moved.add(state)
-
-
 def _after_fork_in_child() -> None:
-    # Every child of this process (gunicorn respawns workers from the master)
-    # starts the electors the first fork took away; the parent keeps none.
-    for state in list(_moved):
-        _moved.discard(state)
-        state.after_fork_in_child()
+    # Each node acts for the child at once (a worker of a preforking server joins
+    # its node); the same happens at the first use where no hook runs (uWSGI).
+    for state in list(_live):
+        state.node.view  # noqa: B018 - reading it makes the runner act for this process
 
 
 def _stop_all_at_exit() -> None:

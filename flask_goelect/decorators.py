@@ -60,10 +60,19 @@ class NotLeader(NotLeaderError):
         self.node_id = node_id
         self.term = term
         self.leader = leader
-        where = (
-            f"the leader is {leader.id!r} at {leader.address!r}" if leader else "no leader is known"
-        )
-        super().__init__(f"node {node_id!r} is not the leader (term {term}); {where}")
+        if leader is not None and leader.id == node_id:
+            text = (
+                f"node {node_id!r} leads (term {term}), but its jobs run in its elector"
+                " process, not in this one"
+            )
+        else:
+            where = (
+                f"the leader is {leader.id!r} at {leader.address!r}"
+                if leader
+                else "no leader is known"
+            )
+            text = f"node {node_id!r} is not the leader (term {term}); {where}"
+        super().__init__(text)
 
 
 def current_term() -> int:
@@ -173,6 +182,12 @@ def job_wrapper(state_of: Callable[[], ExtensionState], func: F, raise_on_follow
         if raise_on_follower:
             raise NotLeader(state.settings.node_id, snap.term, snap.leader)
 
+    def admitted(state: ExtensionState, snap: Snapshot, t: float) -> bool:
+        # Jobs run in one process of the cluster: the leader's elector process
+        # (schedulers in every worker must not mean a run in every worker); a job
+        # called inside a leader-only call that passed in this term runs there.
+        return snap.is_leader(t) and (state.runs_jobs or _TERM.get(None) == snap.term)
+
     if inspect.iscoroutinefunction(func):
 
         @functools.wraps(func)
@@ -180,7 +195,7 @@ def job_wrapper(state_of: Callable[[], ExtensionState], func: F, raise_on_follow
             state = state_of()
             t = now()  # before the snapshot: a lease dropped meanwhile is seen
             snap = state.snapshot
-            if not snap.is_leader(t):
+            if not admitted(state, snap, t):
                 return refuse(state, snap)
             token = _TERM.set(snap.term)
             try:
@@ -195,7 +210,7 @@ def job_wrapper(state_of: Callable[[], ExtensionState], func: F, raise_on_follow
         state = state_of()
         t = now()  # before the snapshot: a lease dropped meanwhile is seen
         snap = state.snapshot
-        if not snap.is_leader(t):
+        if not admitted(state, snap, t):
             return refuse(state, snap)
         token = _TERM.set(snap.term)
         try:

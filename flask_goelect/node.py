@@ -1,24 +1,63 @@
-"""One node's elector in this process, and what it holds.
+"""One node, served by any number of processes of one machine: who runs its elector.
 
-A :class:`NodeRunner` starts the runner's :class:`~flask_goelect.runner.Elector`
-for one node's :class:`~flask_goelect._settings.Settings`: it takes the lock on
-the node's state file (one elector per node), opens the storage and the HTTP
-transport, and starts the elector; :meth:`NodeRunner.stop` stops it and gives
-everything back. It knows nothing of Flask: the glue hands it the callbacks.
+A production Flask app runs in several processes per machine (gunicorn or
+uWSGI workers, recycled and replaced over time), and every one of them loads
+the extension. They are still *one* node of the cluster, with one vote per
+term: exactly one process of the node runs the elector at a time, and the
+others act through it. A :class:`NodeRunner` is this process's part:
+
+* **The elector process** holds the node's elector lock (:mod:`._lock`), runs
+  the runner's :class:`~flask_goelect.runner.Elector` (state file, transport,
+  signals, leader tasks), publishes every snapshot to the node's record
+  (:mod:`.shared`) and answers the other processes on a local socket
+  (:mod:`.local`).
+* **A member** (any other serving process) reads the node's state from the
+  record (so ``is_leader``, ``@leader_only`` views and the routes agree in every
+  worker), hands the peers' RPCs it receives to the elector process as they
+  came, and waits in the kernel for the elector lock: when the elector process
+  exits or dies, one member takes the elector over at once.
+* **A reader** is a child that the application forked from a member (a
+  ``multiprocessing`` worker, say): it reads the record and never runs the
+  elector; a fork never moves or stops the parent's elector.
+* **Deferred**: the master of a preforking server (gunicorn ``--preload``,
+  uWSGI without ``--lazy-apps``) loads the app but serves nothing: it runs no
+  elector, and each worker it forks starts as a member.
+
+A fork is noticed by the pid, at every entry point, not only by Python's
+at-fork hooks: uWSGI forks its workers from C, where no hook runs.
+
+When the elector process leaves (a recycled or replaced worker), it hands the
+elector to another member of the node if one is there, keeping the node's
+role and lease; the last process of a node to leave hands leadership over to
+another node instead.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
+import importlib
 import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import auth
-from ._lock import StateFileLock
+from . import auth, clock, core
+from ._answers import Answer, json_answer
+from ._lock import LockFile, lock_file
 from ._settings import Settings
+from .local import LocalClient, LocalError, LocalServer, socket_address
+from .messages import Reply, Request
+from .rpc import MAX_BODY, Body, Headers, RpcServer
 from .runner import Elector, TaskFunc
 from .runner.callbacks import OnTransition
+from .runner.runtime import in_main_hub, start_native_thread
+from .shared import NodeRecord, SharedRecord, record_path
+from .state import ErrorRecord, FixedElector, NotRunning, Snapshot, State, new_error_log, status_of
 from .storage import FileStorage, MemoryStorage, Storage
 
 if TYPE_CHECKING:
@@ -26,9 +65,13 @@ if TYPE_CHECKING:
 
     from .transport import HttpTransport
 
-__all__ = ["NodeRunner", "make_transport", "tls_session"]
+__all__ = ["MemberView", "NodeRunner", "Role", "make_transport", "prefork_master", "tls_session"]
 
 _log = logging.getLogger("flask_goelect")
+
+#: How long an elector process leaving at exit waits to see whether the rest of
+#: its server is leaving too (gunicorn stops every worker at once).
+EXIT_SETTLE = 0.05
 
 
 def tls_session(settings: Settings) -> requests.Session:
@@ -59,17 +102,152 @@ def make_transport(
     )
 
 
+def prefork_master() -> str | None:
+    """The preforking server whose master process is loading the app, or None.
+
+    Such a master forks the workers that serve: the node must start in each
+    worker, never in the master. Known: gunicorn with ``--preload`` (the app is
+    loaded in ``Arbiter.setup``) and uWSGI without ``--lazy-apps`` (the app is
+    loaded in the master, worker id 0).
+    """
+    uwsgi = sys.modules.get("uwsgi")
+    worker_id = getattr(uwsgi, "worker_id", None)
+    if worker_id is not None:
+        try:
+            if worker_id() == 0:
+                return "uwsgi"
+        except Exception:  # pragma: no cover - not inside a uWSGI server
+            pass
+    frame = sys._getframe(1)
+    arbiter = os.path.join("gunicorn", "arbiter.py")
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "setup" and code.co_filename.endswith(arbiter):
+            return "gunicorn"
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+class Role(str, enum.Enum):
+    """What this process does for the node."""
+
+    IDLE = "idle"
+    DEFERRED = "deferred"
+    ELECTOR = "elector"
+    MEMBER = "member"
+    READER = "reader"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class MemberView:
+    """The node as another process of it sees it: the elector process's record.
+
+    It has the shape of an elector (:class:`~flask_goelect.state.ElectorLike`):
+    the snapshot comes from the record, everything else is asked of the elector
+    process. It runs no jobs: ``runs_jobs`` is False.
+    """
+
+    runs_jobs = False
+
+    def __init__(self, runner: NodeRunner, record: SharedRecord) -> None:
+        self._runner = runner
+        self._record = record
+        self._stopped = Snapshot.stopped(
+            runner.settings.node_id,
+            0,
+            tuple(sorted(runner.settings.election.voters)),
+            tuple(sorted(runner.settings.election.observers)),
+        )
+        self.errors: deque[ErrorRecord] = new_error_log()
+
+    def __repr__(self) -> str:
+        return f"<MemberView {self._runner.settings.node_id!r} {self.snapshot.state}>"
+
+    def _live_record(self) -> NodeRecord | None:
+        record = self._record.read()
+        if record is None or record.snapshot.node_id != self._runner.settings.node_id:
+            return None
+        return record
+
+    @property
+    def snapshot(self) -> Snapshot:
+        record = self._live_record()
+        return self._stopped if record is None else record.snapshot
+
+    @property
+    def running(self) -> bool:
+        record = self._live_record()
+        return record is not None and record.running and _alive(record.pid)
+
+    def is_leader(self) -> bool:
+        now = clock.now()
+        return self.snapshot.is_leader(now)
+
+    def handle(self, msg: Request) -> Reply:
+        raise NotRunning("this process hands peers' requests to the node's elector process")
+
+    def status(self) -> dict[str, Any]:
+        try:
+            header, _ = self._runner.call({"op": "status"})
+        except LocalError as exc:
+            status = status_of(self.snapshot)
+            status.update(running=False, error=str(exc))
+            return status
+        result: dict[str, Any] = header["status"]
+        return result
+
+    def wait_for_leader(self, timeout: float) -> core.LeaderInfo | None:
+        deadline = time.monotonic() + timeout
+        me = self._runner.settings.node_id
+        while True:
+            snap = self.snapshot
+            if snap.leader_id is not None and (snap.leader_id != me or snap.is_leader()):
+                return snap.leader
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.005)
+
+    def transfer_leadership(self, to: str | None = None) -> str:
+        try:
+            header, _ = self._runner.call({"op": "transfer", "to": to})
+        except LocalError as exc:
+            raise NotRunning(str(exc)) from None
+        refused = header.get("refused")
+        if refused:
+            error = {
+                "NotLeaderError": core.NotLeaderError,
+                "TransferError": core.TransferError,
+            }.get(refused["kind"], NotRunning)
+            raise error(refused["message"])
+        target: str = header["target"]
+        return target
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - another user's process: alive
+        return True
+    return True
+
+
 class NodeRunner:
-    """Runs the elector of one node in this process.
+    """This process's part in running one node (see the module docs).
 
     :param settings: the node's checked configuration.
-    :param new_transport: makes the transport of each run.
+    :param verifier: checks the peers' requests (the elector process answers them).
+    :param new_transport: makes the transport of each elector.
     :param on_transition: the elector's callback (the glue sends signals from it).
     """
 
     def __init__(
         self,
         settings: Settings,
+        verifier: auth.RequestVerifier,
         new_transport: Callable[[], Any],
         on_transition: OnTransition,
     ) -> None:
@@ -77,55 +255,183 @@ class NodeRunner:
         self._new_transport = new_transport
         self._on_transition = on_transition
         self._tasks: list[TaskFunc] = []
-        self._file_lock: StateFileLock | None = None
-        #: The elector of the current (or last) run, None before the first start.
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self.role = Role.IDLE
+        #: The elector of this process's current (or last) run, None before the first one.
         self.elector: Elector | None = None
+        self._locks: LockFile | None = None
+        self._record: SharedRecord | None = None
+        self._server: LocalServer | None = None
+        self._client: LocalClient | None = None
+        self._member_view: MemberView | None = None
+        self._exiting = False
+        self._memory_token = ""
+        #: Answers the peers' RPCs in the elector process.
+        self.rpc = RpcServer(verifier, self._handle, settings.url_prefix)
+        config = settings.election
+        self._idle = FixedElector(
+            Snapshot.stopped(
+                settings.node_id, 0, tuple(sorted(config.voters)), tuple(sorted(config.observers))
+            )
+        )
 
     def __repr__(self) -> str:
-        return f"<NodeRunner {self.settings.node_id!r} elector={self.elector!r}>"
+        return f"<NodeRunner {self.settings.node_id!r} {self.role} pid={self._pid}>"
+
+    # -- what readers use ------------------------------------------------------------
+
+    @property
+    def view(self) -> Any:
+        """What answers queries in this process: the elector, the record, or a stand-in."""
+        if self._pid != os.getpid():
+            self._forked()
+        role = self.role
+        if role is Role.ELECTOR or (role is Role.IDLE and self.elector is not None):
+            elector = self.elector
+            if elector is not None:
+                return elector
+        if role in (Role.MEMBER, Role.READER) and self._member_view is not None:
+            return self._member_view
+        return self._idle
+
+    @property
+    def runs_jobs(self) -> bool:
+        """Whether leader-only jobs may run in this process (only in the elector's)."""
+        if self._pid != os.getpid():
+            self._forked()
+        return self.role is Role.ELECTOR or self._record is None
 
     @property
     def running(self) -> bool:
-        return self.elector is not None and self.elector.running
+        return bool(self.view.running)
 
     @property
     def admin_token(self) -> str:
-        """The token of ``POST <prefix>/transfer`` while this process runs the node."""
-        lock = self._file_lock
-        return lock.token if lock is not None and self.elector is not None else ""
+        """The token of ``POST <prefix>/transfer`` while this process runs the elector."""
+        locks = self._locks
+        if self.role is Role.ELECTOR and locks is not None:
+            return locks.token
+        if self.settings.state_file is None and self.elector is not None:
+            return self._memory_token
+        return ""
 
     def add_task(self, task: TaskFunc) -> None:
-        """Run ``task`` while this node leads, in this run and every later one."""
-        self._tasks.append(task)
-        if self.running:
-            assert self.elector is not None
-            self.elector.leader_task(task)
+        """Run ``task`` while this node leads, in the elector process's every run."""
+        with self._lock:
+            self._tasks.append(task)
+            elector = self.elector
+        if elector is not None and elector.running:
+            elector.leader_task(task)
 
-    def start(self) -> Elector:
-        """Take the node's lock, open its storage and transport, start an elector.
+    # -- lifecycle ---------------------------------------------------------------------
 
-        :raises flask_goelect._lock.LockError: another elector runs this node.
+    def start(self, *, defer_in_master: bool = False) -> None:
+        """Start this process's part: the elector, or a member of the node.
+
+        With ``defer_in_master``, a preforking server's master defers the start
+        to the workers it forks.
+
+        :raises LockError: another elector of this node runs in this process.
         """
-        if self.elector is not None and self.elector.running:
-            return self.elector
-        # An elector that stopped by itself (its storage failed) left its lock.
-        self.release()
-        s = self.settings
-        file_lock = None
-        storage: Storage
-        if s.state_file is None:
-            storage = MemoryStorage()
-        else:
-            file_lock = StateFileLock(s.state_file, s.node_id)
-            file_lock.acquire()
+        if self._pid != os.getpid():
+            self._forked()
+        with self._lock:
+            if self.role in (Role.ELECTOR, Role.MEMBER):
+                return
+            self._exiting = False
+            if defer_in_master:
+                master = prefork_master()
+                if master is not None:
+                    self.role = Role.DEFERRED
+                    _log.info(
+                        "flask-goelect: node %r: the %s master defers the elector to its workers",
+                        self.settings.node_id,
+                        master,
+                    )
+                    _after_uwsgi_fork(self)
+                    return
+            if self.settings.state_file is None:
+                self._start_in_memory()
+                return
+            self._join()
+
+    def _start_in_memory(self) -> None:
+        # GOELECT_STATE_FILE = ":memory:" (tests): one process, nothing shared.
+        import secrets
+
+        self.elector = self._new_elector(MemoryStorage())
+        self.elector.start()
+        self._memory_token = secrets.token_urlsafe(24)
+        self.role = Role.ELECTOR
+
+    def _join(self) -> None:
+        state_file = self.settings.state_file
+        assert state_file is not None
+        locks = self._locks = lock_file(state_file)
+        if self._record is None:
+            self._record = SharedRecord(record_path(state_file))
+            self._member_view = MemberView(self, self._record)
+        locks.join()
+        if locks.take_elector(self, self.settings.node_id):
             try:
-                storage = FileStorage(s.state_file)
+                self._become_elector()
             except BaseException:
-                file_lock.release()
+                locks.release_elector(self)
+                locks.leave()
                 raise
-        transport = None
+            return
+        self.role = Role.MEMBER
+        _log.info(
+            "flask-goelect: node %r: %s runs the elector; process %d stands by",
+            self.settings.node_id,
+            locks.holder() or "another process",
+            os.getpid(),
+        )
+        run_here = in_main_hub()
+        locks.wait_for_elector(
+            self,
+            self.settings.node_id,
+            lambda: self._took_over(run_here),
+            start_native_thread,
+        )
+
+    def _took_over(self, run_here: Callable[[Callable[[], None]], None]) -> bool:
+        """The elector lock came to this process (in the waiting thread)."""
+        with self._lock:
+            if self._exiting or self.role is not Role.MEMBER or self._pid != os.getpid():
+                return False
+
+        def take() -> None:
+            with self._lock:
+                if self._exiting or self.role is not Role.MEMBER:
+                    if self._locks is not None:
+                        self._locks.release_elector(self)
+                    return
+                try:
+                    self._become_elector()
+                except Exception:
+                    _log.exception(
+                        "flask-goelect: node %r: process %d could not take the elector over",
+                        self.settings.node_id,
+                        os.getpid(),
+                    )
+                    if self._locks is not None:
+                        self._locks.release_elector(self)
+                    return
+            _log.info(
+                "flask-goelect: node %r: process %d took the elector over",
+                self.settings.node_id,
+                os.getpid(),
+            )
+
+        run_here(take)
+        return True
+
+    def _new_elector(self, storage: Storage) -> Elector:
+        s = self.settings
+        transport = self._new_transport()
         try:
-            transport = self._new_transport()
             elector = Elector(
                 s.election,
                 storage,
@@ -136,41 +442,320 @@ class NodeRunner:
                 # the heartbeat round it answers can no longer extend the lease.
                 rpc_timeout=(s.connect_timeout, s.elect_timeout),
             )
-            for task in self._tasks:
-                elector.leader_task(task)
+        except BaseException:
+            transport.close()
+            storage.close()
+            raise
+        for task in self._tasks:
+            elector.leader_task(task)
+        return elector
+
+    def _become_elector(self) -> None:
+        # Called with the elector lock held (and self._lock).
+        state_file = self.settings.state_file
+        record = self._record
+        assert state_file is not None and record is not None
+        elector = self._new_elector(FileStorage(state_file))
+        address = f"{socket_address(state_file)}-{os.getpid()}"
+        pid = os.getpid()
+
+        def publish(snap: Snapshot) -> None:
+            record.write(NodeRecord(snap, pid, snap.state is not State.STOPPED, address=address))
+
+        elector.add_listener(publish)
+        try:
+            server = LocalServer(address, self._serve_local, _start_thread)
+        except BaseException:
+            elector.stop(transfer=False, timeout=1.0)
+            raise
+        try:
             elector.start()
         except BaseException:
-            if transport is not None:
-                transport.close()
-            storage.close()
-            if file_lock is not None:
-                file_lock.release()
+            server.close()
             raise
+        server.start()
+        self._server = server
         self.elector = elector
-        self._file_lock = file_lock
-        return elector
+        self.role = Role.ELECTOR
 
     def stop(self, transfer: bool, timeout: float) -> Elector | None:
-        """Stop the elector (a leader first hands over, if ``transfer``) and release
-        the lock; returns the elector that was running, or None."""
+        """This process leaves the node; returns its elector if one was running.
+
+        The elector process hands the elector to another process of the node
+        when one is there (the node keeps its role and lease); otherwise it stops
+        the elector, a leader first handing leadership over to another node if
+        ``transfer``.
+        """
+        if self._pid != os.getpid():
+            self._forked()
+        with self._lock:
+            role = self.role
+            elector = self.elector
+            locks = self._locks
+            if role is Role.DEFERRED:
+                self.role = Role.IDLE
+                return None
+            if role is Role.MEMBER and locks is not None:
+                locks.stop_waiting()
+                locks.leave()
+                self.role = Role.IDLE
+                self._close_client()
+                return None
+            if role is not Role.ELECTOR or elector is None:
+                self.role = Role.IDLE
+                return None
+            in_node = locks is not None and self._successor_exists(locks)
+            if in_node:
+                self._hand_off(elector, timeout)
+            else:
+                elector.stop(transfer=transfer, timeout=timeout)
+            self._close_server()
+            if locks is not None:
+                locks.release_elector(self)
+                locks.leave()
+            self.role = Role.IDLE
+            return elector
+
+    def stop_at_exit(self) -> Elector | None:
+        """The process exits: leave the node (see :meth:`stop`), bounded in time."""
+        with self._lock:
+            self._exiting = True
+            locks = self._locks
+            if self.role is Role.MEMBER and locks is not None:
+                locks.stop_waiting()
+                locks.leave()
+        return self.stop(transfer=True, timeout=min(2.0, 2 * self.settings.elect_timeout))
+
+    def _successor_exists(self, locks: LockFile) -> bool:
+        if self._exiting:
+            # The server may be stopping every worker at once: give the others a
+            # moment to show that they are leaving too.
+            locks.leave()
+            time.sleep(EXIT_SETTLE)
+        return bool(locks.other_members())
+
+    def _hand_off(self, elector: Elector, timeout: float) -> None:
+        """Stop the elector but keep the node's record: another process takes over."""
+        record = self._record
+        snap = elector.snapshot
+        elector.remove_listeners()
+        if record is not None:
+            record.write(NodeRecord(snap, os.getpid(), running=True, handoff=True, address=""))
+        elector.stop(transfer=False, timeout=timeout)
+        _log.info(
+            "flask-goelect: node %r: process %d hands the elector to another process of the"
+            " node (%s, term %d)",
+            self.settings.node_id,
+            os.getpid(),
+            snap.state,
+            snap.term,
+        )
+
+    def _close_server(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+
+    def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _forked(self) -> None:
+        """This object was inherited by a forked child: act for the child now."""
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            previous = self.role
+            self._pid = os.getpid()
+            self._lock = threading.RLock()
+            self.elector = None
+            self._locks = None
+            if self._server is not None:
+                # The parent's listening socket: close this process's copy only.
+                self._server.forget_after_fork()
+                self._server = None
+            self._client = None
+            state_file = self.settings.state_file
+            self._record = SharedRecord(record_path(state_file)) if state_file else None
+            self._member_view = MemberView(self, self._record) if self._record is not None else None
+            if previous is Role.DEFERRED:
+                # A worker of a preforking server: it serves, and joins the node.
+                self.role = Role.IDLE
+                try:
+                    self._join()
+                except Exception:
+                    _log.exception(
+                        "flask-goelect: node %r: worker %d could not join the node",
+                        self.settings.node_id,
+                        os.getpid(),
+                    )
+            elif previous in (Role.ELECTOR, Role.MEMBER, Role.READER) and self._record:
+                self.role = Role.READER
+            else:
+                self.role = Role.IDLE
+
+    # -- the elector process answers the others ------------------------------------------
+
+    def call(self, header: dict[str, Any], body: bytes = b"") -> tuple[dict[str, Any], bytes]:
+        """Ask the node's elector process (from another process of the node).
+
+        :raises LocalError: there is none, or it did not answer.
+        """
+        record = self._record.read() if self._record is not None else None
+        if record is None or not record.address:
+            raise LocalError("no elector process of this node is running")
+        client = self._client
+        if client is None or client.address != record.address:
+            if client is not None:
+                client.close()
+            client = self._client = LocalClient(record.address, self.settings.elect_timeout)
+        return client.call(header, body)
+
+    def _handle(self, msg: Request) -> Reply:
         elector = self.elector
-        if elector is None or not elector.running:
-            self.release()
-            return None
+        if elector is None or self.role is not Role.ELECTOR:
+            raise NotRunning("the elector of this node does not run in this process")
+        return elector.handle(msg)
+
+    def _serve_local(self, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        op = header.get("op")
+        if op == "rpc":
+            answer = self.rpc.serve(
+                str(header["kind"]), header["headers"], body, remote_addr=header["remote_addr"]
+            )
+            return {"status": answer.status, "headers": answer.headers}, answer.body
+        if op == "status-route":
+            answer = self._status_answer(
+                header["method"],
+                header["path"],
+                header["headers"],
+                body,
+                header["remote_addr"],
+                header["may_read_unsigned"],
+                bool(header["full"]),
+            )
+            return {"status": answer.status, "headers": answer.headers}, answer.body
+        if op == "status":
+            return {"status": self.status()}, b""
+        if op == "transfer":
+            elector = self.elector
+            if elector is None:
+                return {"refused": {"kind": "NotRunning", "message": "not running"}}, b""
+            try:
+                return {"target": elector.transfer_leadership(header.get("to"))}, b""
+            except (core.NotLeaderError, core.TransferError, NotRunning) as exc:
+                return {"refused": {"kind": type(exc).__name__, "message": str(exc)}}, b""
+        return {"error": f"unknown operation {op!r}"}, b""
+
+    # -- routes ------------------------------------------------------------------------------
+
+    def serve_rpc(self, kind: str, headers: Headers, body: Body, remote_addr: str) -> Answer:
+        """Answer a peer's RPC here, or have the elector process answer it."""
+        view = self.view
+        if view is self.elector or self._record is None:
+            return self.rpc.serve(kind, headers, body, remote_addr=remote_addr)
+        data = body if isinstance(body, bytes) else body.read(MAX_BODY + 1)
+        return self._forward(
+            {"op": "rpc", "kind": kind, "headers": dict(headers), "remote_addr": remote_addr}, data
+        )
+
+    def status_answer(
+        self,
+        method: str,
+        path: str,
+        headers: Headers,
+        body: Body,
+        remote_addr: str,
+        may_read_unsigned: bool,
+        full: bool,
+    ) -> Answer:
+        """The answer to a status route: the status (``full``) or ``{"may_read": true}``,
+        or the refusal (a signed request's nonce is checked node-wide)."""
+        view = self.view
+        if view is self.elector or self._record is None:
+            return self._status_answer(
+                method, path, headers, body, remote_addr, may_read_unsigned, full
+            )
+        data = body if isinstance(body, bytes) else body.read(MAX_BODY + 1)
+        header = {
+            "op": "status-route",
+            "method": method,
+            "path": path,
+            "headers": dict(headers),
+            "remote_addr": remote_addr,
+            "may_read_unsigned": may_read_unsigned,
+            "full": full,
+        }
+        return self._forward(header, data)
+
+    def _status_answer(
+        self,
+        method: str,
+        path: str,
+        headers: Headers,
+        body: Body,
+        remote_addr: str,
+        may_read_unsigned: bool,
+        full: bool,
+    ) -> Answer:
+        reader = self.rpc.reader(
+            method,
+            path,
+            headers,
+            body,
+            remote_addr=remote_addr,
+            may_read_unsigned=may_read_unsigned,
+        )
+        if isinstance(reader, Answer):
+            return reader
+        return self.rpc.sign(json_answer(self.status() if full else {"may_read": True}), reader)
+
+    def _forward(self, header: dict[str, Any], body: bytes) -> Answer:
         try:
-            elector.stop(transfer=transfer, timeout=timeout)
-        finally:
-            self.release()
-        return elector
+            answer, data = self.call(header, body)
+        except LocalError as exc:
+            from ._answers import error_answer
 
-    def release(self) -> None:
-        """Give the lock back (the runner closes a stopped elector's storage and transport)."""
-        if self._file_lock is not None:
-            self._file_lock.release()
-            self._file_lock = None
+            return error_answer(
+                503, "not_running", f"the elector of this node is not running: {exc}"
+            )
+        return Answer(int(answer["status"]), dict(answer["headers"]), data)
 
-    def forget_after_fork(self) -> None:
-        """In a forked child: drop the parent's lock descriptor without releasing it."""
-        if self._file_lock is not None:
-            self._file_lock.forget_after_fork()
-            self._file_lock = None
+    def status(self) -> dict[str, Any]:
+        """This node's view, as the elector process (or this process) sees it."""
+        view = self.view
+        status: dict[str, Any] = view.status()
+        record = self._record.read() if self._record is not None else None
+        status["process"] = {
+            "pid": os.getpid(),
+            "role": str(self.role),
+            "elector_pid": record.pid
+            if record is not None
+            else (os.getpid() if self.elector else None),
+        }
+        return status
+
+
+def _start_thread(name: str, func: Callable[[], None]) -> object:
+    # A greenlet in a monkey-patched process (threading is patched), else a thread.
+    thread = threading.Thread(target=func, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _after_uwsgi_fork(runner: NodeRunner) -> None:
+    """In a uWSGI master: have each worker notice the fork as soon as it is made.
+
+    uWSGI forks from C, where Python's at-fork hooks do not run; without this,
+    a worker would notice at its first request (every entry point checks the pid).
+    """
+    try:
+        uwsgidecorators = importlib.import_module("uwsgidecorators")
+    except ImportError:  # pragma: no cover - not under uWSGI
+        return
+
+    def notice() -> None:
+        runner.view  # noqa: B018 - reading it makes the runner act for this process
+
+    uwsgidecorators.postfork(notice)

@@ -47,8 +47,8 @@ from werkzeug.exceptions import HTTPException
 
 from ._answers import Answer, error_answer, json_answer
 from .app_state import ExtensionState
-from .auth import Claim, is_local_request
-from .rpc import MAX_BODY, RPC_KINDS, headers_from_environ
+from .auth import is_local_request
+from .rpc import MAX_BODY, RPC_KINDS, RpcServer, headers_from_environ
 
 __all__ = [
     "MAX_BODY",
@@ -111,12 +111,11 @@ def _json_errors(view: View) -> View:
 
 def _rpc_view(kind: str) -> View:
     def rpc() -> Response:
-        environ = request.environ
-        answer = _state().rpc.serve(
+        answer = _state().serve_rpc(
             kind,
-            headers_from_environ(environ),
+            headers_from_environ(request.environ),
             request.stream,
-            remote_addr=request.remote_addr or "",
+            request.remote_addr or "",
         )
         return as_response(answer)
 
@@ -124,28 +123,31 @@ def _rpc_view(kind: str) -> View:
     return rpc
 
 
-def _reader(state: ExtensionState, path: str) -> Claim | Response | None:
-    """May this request read the node's status? Its verified claim if it is signed
-    (for ``path``, the path it was signed for), None if it may read without one,
-    else the refusal."""
+def _status_answer(state: ExtensionState, path: str, *, full: bool) -> Answer:
+    """The status (``full``), or whether this request may read it; or the refusal.
+
+    A request signed by a peer (or this node) for ``path`` may read it from
+    anywhere; an unsigned one if the status is public or the request comes
+    from this host, not through a proxy.
+    """
     may_read_unsigned = state.settings.status_public or is_local_request(
         request.remote_addr,
         request.headers,  # type: ignore[arg-type]
     )
-    reader = state.rpc.reader(
+    return state.status_answer(
         request.method,
         path,
         headers_from_environ(request.environ),
         request.stream,
-        remote_addr=request.remote_addr or "",
+        request.remote_addr or "",
         may_read_unsigned=may_read_unsigned,
+        full=full,
     )
-    return as_response(reader) if isinstance(reader, Answer) else reader
 
 
 def _sees_details(state: ExtensionState, route: str) -> bool:
     """Whether ``/leader`` and ``/health`` may show ids, terms and addresses."""
-    return not isinstance(_reader(state, state.url_prefix + route), Response)
+    return _status_answer(state, state.url_prefix + route, full=False).status == 200
 
 
 def may_read_status() -> bool:
@@ -157,16 +159,13 @@ def may_read_status() -> bool:
     ``elect.status()`` or ``elect.cluster_state()`` use it to follow the same
     rule as ``GET <prefix>/status``.
     """
-    return not isinstance(_reader(_state(), request.path), Response)
+    return _status_answer(_state(), request.path, full=False).status == 200
 
 
 def status() -> Response:
     """This node's view of the election (for the peers and this host, unless public)."""
     state = _state()
-    reader = _reader(state, state.url_prefix + "/status")
-    if isinstance(reader, Response):
-        return reader
-    return as_response(state.rpc.sign(json_answer(state.status()), reader))
+    return as_response(_status_answer(state, state.url_prefix + "/status", full=True))
 
 
 def leader() -> Response:
@@ -212,7 +211,7 @@ def transfer() -> Response:
         )
     data: Any = {}
     if request.content_length:
-        body = state.rpc.read_body(headers_from_environ(request.environ), request.stream)
+        body = RpcServer.read_body(headers_from_environ(request.environ), request.stream)
         if isinstance(body, Answer):
             return as_response(body)
         try:

@@ -195,6 +195,15 @@ class Elector:
             return None
         return "hub" if run.rt.patched else "thread"
 
+    def add_listener(self, listener: Callable[[Snapshot], None]) -> None:
+        """Call ``listener(snapshot)`` with every new snapshot, where it is made
+        (under the elector's lock: it must be quick and must not call back)."""
+        self._pub.listeners.append(listener)
+
+    def remove_listeners(self) -> None:
+        """Stop calling every listener."""
+        self._pub.listeners.clear()
+
     def is_leader(self) -> bool:
         """True only while this node leads and holds a valid lease. Cheap: no lock."""
         now = self._clock()  # before the snapshot: a lease dropped meanwhile is seen
@@ -526,7 +535,8 @@ class Elector:
         if run is None:
             raise NotRunning(f"elector {self.node_id!r} is not running")
         with run.lock:
-            if not self._running or run is not self._run:
+            if not self._running or run is not self._run or self._pid != os.getpid():
+                # Stopped; or a copy in a child forked where no at-fork hook ran.
                 raise NotRunning(f"elector {self.node_id!r} is not running")
             now = self._clock()
             out = fn(run.node, now)

@@ -26,7 +26,7 @@ import gevent.monkey  # type: ignore[import-untyped]
 import gevent.pool  # type: ignore[import-untyped]
 import gevent.queue  # type: ignore[import-untyped]
 
-__all__ = ["Event", "LoopWaker", "Runtime", "is_patched"]
+__all__ = ["Event", "LoopWaker", "Runtime", "in_main_hub", "is_patched", "start_native_thread"]
 
 
 class Event(Protocol):
@@ -41,6 +41,37 @@ class Event(Protocol):
 def is_patched() -> bool:
     """Whether this process is monkey-patched by gevent (its sockets cooperate)."""
     return bool(gevent.monkey.is_module_patched("socket"))
+
+
+def start_native_thread(name: str, func: Callable[[], None]) -> threading.Thread:
+    """Run ``func`` in a real OS thread, even in a monkey-patched process.
+
+    For work that blocks in the kernel (waiting for a lock held by another
+    process): in a patched process a ``threading.Thread`` is a greenlet, and a
+    blocking call in it would stop the whole hub.
+    """
+    if is_patched():
+        thread_class: Any = gevent.monkey.get_original("threading", "Thread")
+    else:
+        thread_class = threading.Thread
+    thread: threading.Thread = thread_class(target=func, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def in_main_hub() -> Callable[[Callable[[], None]], None]:
+    """A function that runs a callable in a greenlet of the calling thread's hub,
+    from any thread (the thread that calls this must run that hub: a patched
+    process's main thread). Not patched: the callable runs in the caller's thread.
+    """
+    if not is_patched():
+        return lambda func: func()
+    hub = gevent.get_hub()
+
+    def call(func: Callable[[], None]) -> None:
+        hub.loop.run_callback_threadsafe(gevent.spawn, func)
+
+    return call
 
 
 class LoopWaker:

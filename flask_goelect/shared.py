@@ -1,0 +1,175 @@
+"""The record a node's elector process publishes for the node's other processes.
+
+The process that runs a node's elector writes every new snapshot to a small
+memory-mapped file next to the state file (``<state file>.node``); every other
+process of the node (the other workers of the server) reads it from there, so
+that ``elect.is_leader``, ``@leader_only`` views and the routes agree in every
+worker. The lease's expiry in it is a time on :func:`flask_goelect.clock.now`,
+which every process of the machine shares: a reader checks the lease on its
+own, and a record left behind by a dead elector stops being a lease by itself.
+
+The file is a seqlock: the writer makes the sequence number odd, writes the
+payload and its CRC-32, then makes the number even again; a reader retries
+while the number is odd, changes under it, or the CRC does not match (which
+also covers hardware that reorders the writer's stores). A reader that finds
+the same even number as last time reuses the record it decoded then: one
+8-byte read per check.
+
+Only one process writes (the holder of the elector lock, see
+:mod:`flask_goelect._lock`). The record also says which process wrote it, so
+that readers can tell a live elector from a record left by a dead one.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .state import Snapshot, State
+
+__all__ = ["RECORD_SIZE", "NodeRecord", "SharedRecord", "record_path"]
+
+#: The size of the record file: room for a snapshot with many tags and peers.
+RECORD_SIZE = 64 * 1024
+
+_MAGIC = b"goelect\x01"
+_HEADER = struct.Struct("<8sQII")  # magic, sequence, payload length, CRC-32
+_SEQ = struct.Struct("<Q")
+_SEQ_OFFSET = 8
+_MAX_PAYLOAD = RECORD_SIZE - _HEADER.size
+_RETRIES = 1000
+
+
+def record_path(state_file: str | os.PathLike[str]) -> Path:
+    """The record file of the node whose state is in ``state_file``."""
+    path = Path(state_file)
+    return path.with_name(path.name + ".node")
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """What the elector process of a node last published.
+
+    ``pid`` is the elector's process; ``running`` is false once it stopped;
+    ``handoff`` is true while it hands the elector over to another process of
+    the node (the node keeps its role and lease meanwhile); ``address`` is
+    where it answers the node's other processes (:mod:`flask_goelect.local`).
+    """
+
+    snapshot: Snapshot
+    pid: int
+    running: bool = True
+    handoff: bool = False
+    address: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.snapshot
+        return {
+            "node_id": s.node_id,
+            "state": s.state.value,
+            "term": s.term,
+            "leader_id": s.leader_id,
+            "leader_address": s.leader_address,
+            "leader_tags": dict(s.leader_tags),
+            "lease_until": s.lease_until,
+            "voters": list(s.voters),
+            "observers": list(s.observers),
+            "pid": self.pid,
+            "running": self.running,
+            "handoff": self.handoff,
+            "address": self.address,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NodeRecord:
+        snapshot = Snapshot(
+            node_id=str(data["node_id"]),
+            state=State(data["state"]),
+            term=int(data["term"]),
+            leader_id=data["leader_id"],
+            leader_address=str(data["leader_address"]),
+            leader_tags={str(k): str(v) for k, v in data["leader_tags"].items()},
+            lease_until=float(data["lease_until"]),
+            voters=tuple(data["voters"]),
+            observers=tuple(data["observers"]),
+        )
+        return cls(
+            snapshot,
+            int(data["pid"]),
+            bool(data["running"]),
+            bool(data["handoff"]),
+            str(data.get("address", "")),
+        )
+
+
+class SharedRecord:
+    """The record file of one node, mapped into this process.
+
+    :param path: the file (created, zero-filled, if missing).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.pid = os.getpid()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            if os.fstat(fd).st_size < RECORD_SIZE:
+                os.ftruncate(fd, RECORD_SIZE)  # the same size from every process: no race
+            self._map = mmap.mmap(fd, RECORD_SIZE)
+        finally:
+            os.close(fd)
+        self._write_lock = threading.Lock()
+        self._seq = -1
+        self._cached: NodeRecord | None = None
+
+    def __repr__(self) -> str:
+        return f"<SharedRecord {str(self.path)!r}>"
+
+    def close(self) -> None:
+        self._map.close()
+
+    def write(self, record: NodeRecord) -> None:
+        """Publish ``record`` (only the holder of the node's elector lock calls this)."""
+        payload = json.dumps(record.to_json(), separators=(",", ":")).encode()
+        if len(payload) > _MAX_PAYLOAD:
+            raise ValueError(f"the node's record is {len(payload)} bytes; at most {_MAX_PAYLOAD}")
+        with self._write_lock:
+            m = self._map
+            magic, seq, _, _ = _HEADER.unpack_from(m, 0)
+            if magic != _MAGIC:
+                seq = 0
+            seq += 1 if seq % 2 == 0 else 2  # odd: being written
+            _SEQ.pack_into(m, _SEQ_OFFSET, seq)
+            m[_HEADER.size : _HEADER.size + len(payload)] = payload
+            _HEADER.pack_into(m, 0, _MAGIC, seq, len(payload), zlib.crc32(payload))
+            _SEQ.pack_into(m, _SEQ_OFFSET, seq + 1)  # even: complete
+
+    def read(self) -> NodeRecord | None:
+        """The last complete record, or None if none was ever written."""
+        m = self._map
+        seq = _SEQ.unpack_from(m, _SEQ_OFFSET)[0]
+        if seq == self._seq:
+            return self._cached
+        for _ in range(_RETRIES):
+            magic, seq, length, crc = _HEADER.unpack_from(m, 0)
+            if magic != _MAGIC:
+                return None
+            if seq % 2 or length > _MAX_PAYLOAD:
+                os.sched_yield()
+                continue
+            payload = bytes(m[_HEADER.size : _HEADER.size + length])
+            if _SEQ.unpack_from(m, _SEQ_OFFSET)[0] != seq or zlib.crc32(payload) != crc:
+                os.sched_yield()
+                continue
+            record = NodeRecord.from_json(json.loads(payload))
+            self._seq, self._cached = seq, record
+            return record
+        raise TimeoutError(f"the record {str(self.path)!r} kept changing while it was read")
