@@ -210,7 +210,7 @@ class LockFile:
         owner: object,
         node_id: str,
         on_acquired: Callable[[], bool],
-        start_thread: Callable[[str, Callable[[], None]], object],
+        start_thread: Callable[[str, Callable[[], None]], None],
     ) -> None:
         """Take the elector lock for ``owner`` as soon as the holder lets it go.
 

@@ -231,6 +231,10 @@ class ExtensionState:
         status.setdefault("last_contact", {})
         return status
 
+    def process(self) -> dict[str, Any]:
+        """This process's part in the node: ``pid``, ``role`` and the elector's pid."""
+        return self.node.process()
+
     def serve_rpc(self, kind: str, headers: Headers, body: Body, remote_addr: str) -> Answer:
         """Answer a peer's RPC (in the node's elector process, wherever it lands)."""
         return self.node.serve_rpc(kind, headers, body, remote_addr)

@@ -50,6 +50,7 @@ from . import auth, clock, core
 from ._answers import Answer, json_answer
 from ._lock import LockFile, lock_file
 from ._settings import Settings
+from .auth import AUTH_HEADER
 from .local import LocalClient, LocalError, LocalServer, socket_address
 from .messages import Reply, Request
 from .rpc import MAX_BODY, Body, Headers, RpcServer
@@ -673,7 +674,10 @@ class NodeRunner:
         """The answer to a status route: the status (``full``) or ``{"may_read": true}``,
         or the refusal (a signed request's nonce is checked node-wide)."""
         view = self.view
-        if view is self.elector or self._record is None:
+        signed = self.rpc.verifier.signs and bool(headers.get(AUTH_HEADER.lower()))
+        if not signed or view is self.elector or self._record is None:
+            # Unsigned: nothing node-wide to check; the status itself is asked of
+            # the elector process by the view.
             return self._status_answer(
                 method, path, headers, body, remote_addr, may_read_unsigned, full
             )
@@ -723,18 +727,20 @@ class NodeRunner:
         return Answer(int(answer["status"]), dict(answer["headers"]), data)
 
     def status(self) -> dict[str, Any]:
-        """This node's view, as the elector process (or this process) sees it."""
-        view = self.view
-        status: dict[str, Any] = view.status()
-        record = self._record.read() if self._record is not None else None
-        status["process"] = {
-            "pid": os.getpid(),
-            "role": str(self.role),
-            "elector_pid": record.pid
-            if record is not None
-            else (os.getpid() if self.elector else None),
-        }
+        """This node's view, as its elector process sees it, and this process's part."""
+        status: dict[str, Any] = self.view.status()
+        status["process"] = self.process()
         return status
+
+    def process(self) -> dict[str, Any]:
+        """This process's part in the node: ``pid``, ``role`` and the elector's pid."""
+        view = self.view  # notices a fork first
+        record = self._record.read() if self._record is not None else None
+        if self.role is Role.ELECTOR or record is None:
+            elector_pid = os.getpid() if view is self.elector else None
+        else:
+            elector_pid = record.pid if record.running else None
+        return {"pid": os.getpid(), "role": str(self.role), "elector_pid": elector_pid}
 
 
 def _start_thread(name: str, func: Callable[[], None]) -> object:

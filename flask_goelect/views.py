@@ -182,6 +182,7 @@ def leader() -> Response:
             "term": snap.term,
             "leader_id": snap.leader_id,
             "leader_address": snap.leader_address or None,
+            "process": state.process(),
         }
     return _json(body, 200 if is_leader else 503)
 
@@ -193,7 +194,12 @@ def health() -> Response:
     body: dict[str, Any] = {"running": running}
     if _sees_details(state, "/health"):
         snap = state.snapshot
-        body = {"node_id": snap.node_id, "running": running, "state": snap.state}
+        body = {
+            "node_id": snap.node_id,
+            "running": running,
+            "state": snap.state,
+            "process": state.process(),
+        }
     return _json(body, 200 if running else 503)
 
 

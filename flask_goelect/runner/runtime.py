@@ -43,20 +43,20 @@ def is_patched() -> bool:
     return bool(gevent.monkey.is_module_patched("socket"))
 
 
-def start_native_thread(name: str, func: Callable[[], None]) -> threading.Thread:
+def start_native_thread(name: str, func: Callable[[], None]) -> None:
     """Run ``func`` in a real OS thread, even in a monkey-patched process.
 
     For work that blocks in the kernel (waiting for a lock held by another
     process): in a patched process a ``threading.Thread`` is a greenlet, and a
-    blocking call in it would stop the whole hub.
+    blocking call in it would stop the whole hub. The patched ``threading``
+    module starts even its original ``Thread`` class as a greenlet, so this
+    starts the thread with the original ``_thread.start_new_thread``.
     """
-    if is_patched():
-        thread_class: Any = gevent.monkey.get_original("threading", "Thread")
-    else:
-        thread_class = threading.Thread
-    thread: threading.Thread = thread_class(target=func, name=name, daemon=True)
-    thread.start()
-    return thread
+    if not is_patched():
+        threading.Thread(target=func, name=name, daemon=True).start()
+        return
+    start_new_thread = gevent.monkey.get_original("_thread", "start_new_thread")
+    start_new_thread(func, ())
 
 
 def in_main_hub() -> Callable[[Callable[[], None]], None]:
