@@ -37,12 +37,10 @@ Logs go to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -50,28 +48,16 @@ from typing import Any
 import gevent
 import gevent.event
 import gevent.monkey
-from flask import Flask
 from gevent.pywsgi import WSGIServer
 
-from flask_goelect import signals
 from flask_goelect.core import ConfigError
 from flask_goelect.serving import NoDelayWSGIHandler
 
-__all__ = ["build_config", "emit", "main", "parse_args"]
+from .events import EventPrinter, emit
+
+__all__ = ["build_config", "main", "parse_args"]
 
 log = logging.getLogger("example_app.node")
-
-_emit_lock = threading.Lock()
-
-
-def emit(event: str, node: str, **fields: Any) -> None:
-    """Print one event line on stdout and flush it."""
-    record = {"event": event, "node": node, "t": time.time(), "mono": time.monotonic()}
-    record.update(fields)
-    line = json.dumps(record, separators=(",", ":"))
-    with _emit_lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
 
 
 def _listen_address(text: str) -> tuple[str, int]:
@@ -224,49 +210,6 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-class _EventPrinter:
-    """Signal receivers that print this node's leadership changes as event lines."""
-
-    def __init__(self, app: Flask, node_id: str) -> None:
-        self.node_id = node_id
-        # Receivers are held strongly here (blinker keeps weak references).
-        self._receivers = [
-            (signals.enter_leader, self.on_enter_leader),
-            (signals.enter_follower, self.on_state),
-            (signals.enter_candidate, self.on_state),
-            (signals.leader_changed, self.on_leader_changed),
-        ]
-        for sig, receiver in self._receivers:
-            sig.connect(receiver, sender=app)
-
-    def on_state(self, sender: Flask, **kw: Any) -> None:
-        emit(
-            "state",
-            self.node_id,
-            state=kw.get("state"),
-            previous_state=kw.get("previous_state"),
-            term=kw.get("term"),
-            leader=kw.get("leader_id"),
-            reason=kw.get("reason", ""),
-        )
-
-    def on_enter_leader(self, sender: Flask, **kw: Any) -> None:
-        self.on_state(sender, **kw)
-        emit("leader", self.node_id, term=kw.get("term"))
-
-    def on_lease(self, ctx: Any) -> None:
-        """A leader task: it starts as soon as this node holds a lease in a new term.
-
-        The lease comes with the first heartbeat round a majority acknowledges, a
-        round trip after the election; this is when the node starts acting as the
-        leader, and what "time without a leader" is measured to.
-        """
-        emit("lease", self.node_id, term=ctx.term)
-
-    def on_leader_changed(self, sender: Flask, **kw: Any) -> None:
-        emit("leader_changed", self.node_id, leader=kw.get("leader_id"), term=kw.get("term"))
-
-
 def _watch_parent(parent: int, stop: gevent.event.Event) -> None:
     while not stop.is_set():
         if os.getppid() != parent:
@@ -308,9 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # a wrong option or GOELECT_* variable: say which, and how
         print(f"python -m example_app: {exc}", file=sys.stderr)
         return 2
-    printer = _EventPrinter(app, node_id)
-    with app.app_context():
-        elect.leader_task(printer.on_lease)
+    EventPrinter.install(app)
     host, port = args.listen
     server = WSGIServer(
         (host, port), app, handler_class=NoDelayWSGIHandler, log=None, error_log=log
@@ -341,5 +282,4 @@ def main(argv: list[str] | None = None) -> int:
     elect.stop(transfer=True)
     server.stop(timeout=1.0)
     emit("stopped", node_id, term=elect.term, state=elect.state)
-    del printer
     return 0

@@ -17,18 +17,30 @@ the cluster keeps them in :attr:`LocalCluster.events`. Their ``mono`` field is
 ``event.mono - killed_at`` is a time without a leader measured without polling.
 Every child is signalled by its own PID, never by name.
 
-A node is ``python -m example_app`` by default; another program that prints the
-same event lines and takes the same basic options (the benchmark's pysyncobj
-node) runs in a subclass that sets :attr:`LocalCluster.node_module` and
-overrides :meth:`LocalCluster.peers_option` and :meth:`LocalCluster.node_options`.
+A node is ``python -m example_app`` (one process on ``gevent.pywsgi``) by
+default. With ``server=`` it is the example app under another WSGI server, with
+as many worker processes as that server is told to run (``server_args``):
+``gunicorn``, ``uwsgi`` (the ``pyuwsgi`` wheel), ``waitress`` or ``flask`` (``flask
+run``), all loading ``example_app.wsgi:app`` with the same options. Such a node
+counts as started when its ``/_goelect/health`` answers 200; its leadership
+events come from its elector process. Signals that stop or pause a node go to
+its whole process group (the server's master and workers), except SIGTERM and
+SIGHUP, which go to the server's master, as an operator would send them.
+
+Another program that prints the same event lines and takes the same basic
+options (the benchmark's pysyncobj node) runs in a subclass that sets
+:attr:`LocalCluster.node_module` and overrides :meth:`LocalCluster.peers_option`
+and :meth:`LocalCluster.node_options`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -49,6 +61,7 @@ from example_app.ledger import LedgerEntry, check_ledger, read_ledger
 
 __all__ = [
     "REPO_ROOT",
+    "SERVERS",
     "ClusterError",
     "Event",
     "LeaderView",
@@ -62,6 +75,9 @@ __all__ = [
 #: entry, so that ``python -m example_app`` (or the benchmark's node module)
 #: imports the code of this checkout, installed or not.
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: The servers a node can run under (see :meth:`LocalCluster.server_command`).
+SERVERS = ("pywsgi", "gunicorn", "uwsgi", "waitress", "flask")
 
 #: Where :func:`free_ports` looks for consecutive free ports when no base port is
 #: given: below the usual ephemeral range (32768-60999), so that a port of a
@@ -127,6 +143,10 @@ class Node:
         return self.process is not None and self.process.poll() is None
 
 
+def _exited(node_id: str, event: Event) -> bool:
+    return event.node == node_id and event.kind == "exit"
+
+
 def _bindable(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -182,6 +202,10 @@ class LocalCluster:
         reader thread; keep it short).
     :param node_args: more command-line options for every node.
     :param log_level: the nodes' log level; their logs go to ``<state_dir>/<id>.log``.
+    :param server: what serves each node (one of :data:`SERVERS`; ``pywsgi`` is
+        ``python -m example_app``).
+    :param server_args: more options for the server (``["-k", "gevent", "-w", "3"]``
+        for gunicorn, ``["--processes", "3"]`` for uWSGI...).
     """
 
     def __init__(
@@ -201,7 +225,13 @@ class LocalCluster:
         node_args: Sequence[str] = (),
         log_level: str = "INFO",
         python: str = sys.executable,
+        server: str = "pywsgi",
+        server_args: Sequence[str] = (),
     ) -> None:
+        if server not in SERVERS:
+            raise ValueError(f"server must be one of {', '.join(SERVERS)}, not {server!r}")
+        self.server = server
+        self.server_args = list(server_args)
         ids = [f"n{i}" for i in range(1, nodes + 1)] if isinstance(nodes, int) else list(nodes)
         if not ids:
             raise ValueError(f"nodes must be a positive count or ids, not {nodes!r}")
@@ -275,7 +305,15 @@ class LocalCluster:
 
     def command(self, node_id: str, start_at: float | None = None) -> list[str]:
         """The command line that runs ``node_id``: the options every node program
-        takes, then :meth:`node_options`, then ``node_args``."""
+        takes, then :meth:`node_options`, then ``node_args`` (under another server
+        than ``pywsgi``, :meth:`server_command`, with these options in the
+        environment)."""
+        if self.server != "pywsgi":
+            return self.server_command(node_id)
+        return self.node_command(node_id, start_at)
+
+    def node_command(self, node_id: str, start_at: float | None = None) -> list[str]:
+        """``python -m <node_module>`` with the node's options."""
         node = self.nodes[node_id]
         cmd = [
             self.python,
@@ -299,6 +337,71 @@ class LocalCluster:
         if start_at is not None:
             cmd += ["--start-at", repr(start_at)]
         return cmd + self.node_args
+
+    def server_command(self, node_id: str) -> list[str]:
+        """The command line of ``node_id`` under :attr:`server`, serving
+        ``example_app.wsgi:app`` (its options are in ``EXAMPLE_ARGS``)."""
+        node = self.nodes[node_id]
+        listen = f"{node.host}:{node.port}"
+        bin_dir = Path(self.python).parent
+        extra = self.server_args
+        if self.server == "gunicorn":
+            return [
+                self.python,
+                "-m",
+                "gunicorn",
+                "--bind",
+                listen,
+                "--graceful-timeout",
+                "5",
+                *extra,
+                "example_app.wsgi:app",
+            ]
+        if self.server == "uwsgi":
+            return [
+                str(bin_dir / "uwsgi"),
+                "--http-socket",
+                listen,
+                "--master",
+                "--die-on-term",
+                "--need-app",
+                "--enable-threads",
+                "--disable-logging",
+                "--module",
+                "example_app.wsgi:app",
+                *extra,
+            ]
+        if self.server == "waitress":
+            return [
+                self.python,
+                "-m",
+                "waitress",
+                f"--listen={listen}",
+                *extra,
+                "example_app.wsgi:app",
+            ]
+        # flask run: the development server, without its reloader.
+        return [
+            self.python,
+            "-m",
+            "flask",
+            "--app",
+            "example_app.wsgi:app",
+            "run",
+            "--host",
+            node.host,
+            "--port",
+            str(node.port),
+            "--no-reload",
+            "--no-debugger",
+            *extra,
+        ]
+
+    def server_environment(self, node_id: str) -> dict[str, str]:
+        """What a node under another server than ``pywsgi`` reads its options from."""
+        options = self.node_command(node_id)[3:]  # after python -m <module>
+        options.remove("--exit-with-parent")
+        return {"EXAMPLE_ARGS": shlex.join(options), "EXAMPLE_EVENTS": "1"}
 
     def peers_option(self, node_id: str) -> str:
         """The ``--peers`` value of ``node_id``: ``id=url`` for every node, as
@@ -385,7 +488,8 @@ class LocalCluster:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 cwd=REPO_ROOT,
-                env=self._environment(),
+                env=self._environment()
+                | (self.server_environment(node.id) if self.server != "pywsgi" else {}),
                 # Ctrl-C in a terminal goes to the launcher only, which then
                 # stops each node gracefully.
                 start_new_session=True,
@@ -469,7 +573,12 @@ class LocalCluster:
                 self._cond.wait(remaining)
 
     def wait_started(self, node_ids: Iterable[str], *, since: int, timeout: float) -> None:
-        """Wait until each of ``node_ids`` printed ``started`` (from event ``since`` on)."""
+        """Wait until each of ``node_ids`` printed ``started`` (from event ``since`` on);
+        under another server, until its ``/_goelect/health`` answers 200 (a
+        ``started`` event is then added for it)."""
+        if self.server != "pywsgi":
+            self._wait_healthy(set(node_ids), since=since, timeout=timeout)
+            return
         waiting = set(node_ids)
         deadline = time.monotonic() + timeout
         while waiting:
@@ -490,6 +599,31 @@ class LocalCluster:
                 )
             waiting.discard(event.node)
             since = event.index + 1
+
+    def _wait_healthy(self, waiting: set[str], *, since: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while waiting:
+            for node_id in sorted(waiting):
+                exited = self.wait_for_event(functools.partial(_exited, node_id), 0, since=since)
+                if exited is not None:
+                    raise ClusterError(
+                        f"node {node_id} exited with status {exited.data.get('returncode')}"
+                        f" while starting{self._log_tail(node_id)}"
+                    )
+                answer = self.get(node_id, "/_goelect/health", timeout=0.5)
+                if answer is not None and answer[0] == 200:
+                    waiting.discard(node_id)
+                    body = answer[1] if isinstance(answer[1], dict) else {}
+                    self._add_event(
+                        node_id, {"event": "started", "pid": self.nodes[node_id].pid, **body}
+                    )
+            if waiting and time.monotonic() >= deadline:
+                raise ClusterError(
+                    f"nodes {sorted(waiting)} did not start within {timeout:g}s"
+                    + "".join(self._log_tail(n) for n in sorted(waiting))
+                )
+            if waiting:
+                time.sleep(0.05)
 
     def _log_tail(self, node_id: str, lines: int = 15) -> str:
         try:
@@ -567,14 +701,38 @@ class LocalCluster:
     # -- signals ---------------------------------------------------------------------------------
 
     def signal(self, node_id: str, sig: int) -> float:
-        """Send ``sig`` to the node's process (by its PID); returns the launcher's
-        ``time.monotonic()`` just before sending it."""
+        """Send ``sig`` to the node (by its PID; SIGKILL, SIGSTOP and SIGCONT to
+        its whole process group: a server's master and its workers); returns the
+        launcher's ``time.monotonic()`` just before sending it."""
         node = self.nodes[node_id]
         if node.process is None or node.process.poll() is not None:
             raise ClusterError(f"node {node_id} is not running")
         sent = time.monotonic()
-        node.process.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT):
+            # The node is a session (and group) leader: start_new_session in _spawn.
+            os.killpg(node.process.pid, sig)
+        else:
+            node.process.send_signal(sig)
         return sent
+
+    def worker_pids(self, node_id: str) -> list[int]:
+        """The pids of the node's processes other than the one started (a server's
+        workers), from ``/proc``."""
+        node = self.nodes[node_id]
+        if node.process is None:
+            return []
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == node.process.pid:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == node.process.pid:  # its process group
+                found.append(int(entry))
+        return sorted(found)
 
     def kill(self, node_id: str, *, wait: float = 10.0) -> float:
         """SIGKILL the node and reap it; returns when the signal was sent."""
@@ -640,6 +798,9 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10.0)
+            # Workers left behind by a server's master (none when it stopped cleanly).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
             self._reap(node)
 
     def close(self) -> None:
