@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -154,7 +155,14 @@ def ledger_job(ctx: Any) -> None:
     ``ctx`` is the leader task's context: ``ctx.wait(seconds)`` returns True as
     soon as leadership is lost (or the elector stops).
     """
-    interval = _example().job_interval
+    example = _example()
+    interval = example.job_interval
+    # One run per interval in the cluster: a new leader (or a process of this
+    # node that took its elector over) resumes the schedule where the ledger
+    # left it, instead of running at once.
+    last = tail_ledger(example.ledger.path, 1)
+    if last and ctx.wait(max(0.0, min(interval, last[0].time + interval - time.time()))):
+        return
     while True:
         try:
             append_ledger_entry()

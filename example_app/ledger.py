@@ -1,14 +1,16 @@
 """The ledger: one JSON line per run of the leader-only job, the never-twice evidence.
 
 Every node of a local cluster appends to the same file. Each line is
-``{"node": id, "term": term, "seq": n, "time": unix_time}``, written with one
+``{"node": id, "term": term, "seq": n, "time": unix_time, "pid": pid}``, written with one
 ``write`` on a file opened with ``O_APPEND`` (so lines of different processes
 never interleave) and made durable with ``fsync`` before the job returns.
 
 Read in file order, a correct cluster leaves a ledger where
 
 * the term never decreases: a deposed leader never writes after its successor;
-* each term is written by one node only: never two leaders in one term.
+* each term is written by one node only: never two leaders in one term;
+* within a node and term, a process that handed the elector to another
+  process of the node never writes again: never two processes acting at once.
 
 :func:`check_ledger` reports every line that breaks either rule; the system
 tests and the demo use it.
@@ -25,7 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Ledger", "LedgerEntry", "check_ledger", "read_ledger", "tail_ledger"]
+__all__ = [
+    "Ledger",
+    "LedgerEntry",
+    "check_ledger",
+    "read_ledger",
+    "shortest_gap",
+    "tail_ledger",
+]
 
 #: How much of the end of the file :func:`tail_ledger` reads.
 _TAIL_BYTES = 64 * 1024
@@ -39,9 +48,17 @@ class LedgerEntry:
     term: int
     seq: int
     time: float
+    #: The process that wrote it (0 in lines that do not say).
+    pid: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"node": self.node, "term": self.term, "seq": self.seq, "time": self.time}
+        return {
+            "node": self.node,
+            "term": self.term,
+            "seq": self.seq,
+            "time": self.time,
+            "pid": self.pid,
+        }
 
 
 class Ledger:
@@ -69,7 +86,7 @@ class Ledger:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
             fd = os.open(self.path, flags, 0o644)
             try:
-                entry = LedgerEntry(node, term, self.seq + 1, round(time.time(), 6))
+                entry = LedgerEntry(node, term, self.seq + 1, round(time.time(), 6), os.getpid())
                 line = (json.dumps(entry.to_json(), separators=(",", ":")) + "\n").encode()
                 if not still_leading():
                     return None
@@ -91,7 +108,13 @@ def _parse_lines(lines: Iterable[bytes]) -> list[LedgerEntry]:
         try:
             data = json.loads(raw)
             entries.append(
-                LedgerEntry(str(data["node"]), int(data["term"]), int(data["seq"]), data["time"])
+                LedgerEntry(
+                    str(data["node"]),
+                    int(data["term"]),
+                    int(data["seq"]),
+                    data["time"],
+                    int(data.get("pid", 0)),
+                )
             )
         except (ValueError, KeyError, TypeError):
             continue
@@ -130,8 +153,23 @@ def check_ledger(entries: Iterable[LedgerEntry]) -> list[str]:
     """
     violations: list[str] = []
     writer_of_term: dict[int, str] = {}
+    # Per (node, term): the process writing now, and those that wrote before it.
+    process: dict[tuple[str, int], int] = {}
+    done: dict[tuple[str, int], set[int]] = {}
     highest: LedgerEntry | None = None
     for index, entry in enumerate(entries, start=1):
+        key = (entry.node, entry.term)
+        current = process.get(key)
+        if entry.pid and current is not None and entry.pid != current:
+            if entry.pid in done.setdefault(key, set()):
+                violations.append(
+                    f"line {index}: process {entry.pid} of {entry.node} wrote in term"
+                    f" {entry.term} again after process {current} had taken over"
+                    " (two processes acting at once)"
+                )
+            done[key].add(current)
+        if entry.pid:
+            process[key] = entry.pid
         if highest is not None and entry.term < highest.term:
             violations.append(
                 f"line {index}: {entry.node} wrote in term {entry.term} after"
@@ -146,3 +184,11 @@ def check_ledger(entries: Iterable[LedgerEntry]) -> list[str]:
                 " also wrote in (two leaders in one term)"
             )
     return violations
+
+
+def shortest_gap(entries: Iterable[LedgerEntry]) -> float | None:
+    """The shortest time between two consecutive entries (None with fewer than two):
+    a job meant to run once per interval in the cluster never runs closer."""
+    times = [e.time for e in entries]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    return min(gaps) if gaps else None

@@ -238,7 +238,7 @@ def test_run_now_appends_one_ledger_line_in_the_documented_format(app: Flask) ->
     assert len(lines) == 2
     records = [json.loads(line) for line in lines]
     for record in records:
-        assert set(record) == {"node", "term", "seq", "time"}
+        assert set(record) == {"node", "term", "seq", "time", "pid"}
         assert record["node"] == "n1" and record["term"] == 7
         assert isinstance(record["seq"], int) and isinstance(record["time"], float)
         assert before <= record["time"] <= time.time()
