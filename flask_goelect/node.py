@@ -111,14 +111,8 @@ def prefork_master() -> str | None:
     loaded in ``Arbiter.setup``) and uWSGI without ``--lazy-apps`` (the app is
     loaded in the master, worker id 0).
     """
-    uwsgi = sys.modules.get("uwsgi")
-    worker_id = getattr(uwsgi, "worker_id", None)
-    if worker_id is not None:
-        try:
-            if worker_id() == 0:
-                return "uwsgi"
-        except Exception:  # pragma: no cover - not inside a uWSGI server
-            pass
+    if server_worker_id() == 0:
+        return "uwsgi"
     frame = sys._getframe(1)
     arbiter = os.path.join("gunicorn", "arbiter.py")
     while frame is not None:
@@ -127,6 +121,19 @@ def prefork_master() -> str | None:
             return "gunicorn"
         frame = frame.f_back  # type: ignore[assignment]
     return None
+
+
+def server_worker_id() -> int | None:
+    """Which worker of a preforking server this process is, where the server
+    says so (uWSGI's worker id, 0 in its master), else None."""
+    uwsgi = sys.modules.get("uwsgi")
+    worker_id = getattr(uwsgi, "worker_id", None)
+    if worker_id is None:
+        return None
+    try:
+        return int(worker_id())
+    except Exception:  # pragma: no cover - not inside a uWSGI server
+        return None
 
 
 class Role(str, enum.Enum):
@@ -258,6 +265,7 @@ class NodeRunner:
         self._tasks: list[TaskFunc] = []
         self._lock = threading.RLock()
         self._pid = os.getpid()
+        self._worker_id = server_worker_id()
         self.role = Role.IDLE
         #: The elector of this process's current (or last) run, None before the first one.
         self.elector: Elector | None = None
@@ -288,6 +296,11 @@ class NodeRunner:
         if self._pid != os.getpid():
             self._forked()
         role = self.role
+        if role is Role.DEFERRED and server_worker_id():
+            # uWSGI without --master: the process that loaded the app (worker id 0
+            # then) serves as worker 1 after forking the others.
+            self._join_deferred()
+            role = self.role
         if role is Role.ELECTOR or (role is Role.IDLE and self.elector is not None):
             elector = self.elector
             if elector is not None:
@@ -568,7 +581,9 @@ class NodeRunner:
             if self._pid == os.getpid():
                 return
             previous = self.role
+            parent_worker = self._worker_id
             self._pid = os.getpid()
+            self._worker_id = server_worker_id()
             self._lock = threading.RLock()
             self.elector = None
             self._locks = None
@@ -580,21 +595,32 @@ class NodeRunner:
             state_file = self.settings.state_file
             self._record = SharedRecord(record_path(state_file)) if state_file else None
             self._member_view = MemberView(self, self._record) if self._record is not None else None
-            if previous is Role.DEFERRED:
-                # A worker of a preforking server: it serves, and joins the node.
-                self.role = Role.IDLE
-                try:
-                    self._join()
-                except Exception:
-                    _log.exception(
-                        "flask-goelect: node %r: worker %d could not join the node",
-                        self.settings.node_id,
-                        os.getpid(),
-                    )
+            # A worker of a preforking server serves, and joins the node: the child
+            # of a master that deferred the node, or a new uWSGI worker forked by
+            # the first one (uWSGI without --master).
+            worker = self._worker_id is not None and self._worker_id != parent_worker
+            if previous is Role.DEFERRED or (worker and previous is not Role.IDLE):
+                self.role = Role.DEFERRED
+                self._join_deferred()
             elif previous in (Role.ELECTOR, Role.MEMBER, Role.READER) and self._record:
                 self.role = Role.READER
             else:
                 self.role = Role.IDLE
+
+    def _join_deferred(self) -> None:
+        with self._lock:
+            if self.role is not Role.DEFERRED:
+                return
+            self.role = Role.IDLE
+            self._worker_id = server_worker_id()
+            try:
+                self._join()
+            except Exception:
+                _log.exception(
+                    "flask-goelect: node %r: worker %d could not join the node",
+                    self.settings.node_id,
+                    os.getpid(),
+                )
 
     # -- the elector process answers the others ------------------------------------------
 
@@ -758,7 +784,7 @@ def _after_uwsgi_fork(runner: NodeRunner) -> None:
     """
     try:
         uwsgidecorators = importlib.import_module("uwsgidecorators")
-    except ImportError:  # pragma: no cover - not under uWSGI
+    except Exception:  # not under uWSGI, or without its master (the module refuses)
         return
 
     def notice() -> None:

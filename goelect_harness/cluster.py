@@ -205,7 +205,7 @@ class LocalCluster:
     :param server: what serves each node (one of :data:`SERVERS`; ``pywsgi`` is
         ``python -m example_app``).
     :param server_args: more options for the server (``["-k", "gevent", "-w", "3"]``
-        for gunicorn, ``["--processes", "3"]`` for uWSGI...).
+        for gunicorn, ``["--master", "--processes", "3"]`` for uWSGI...).
     """
 
     def __init__(
@@ -362,7 +362,6 @@ class LocalCluster:
                 str(bin_dir / "uwsgi"),
                 "--http-socket",
                 listen,
-                "--master",
                 "--die-on-term",
                 "--need-app",
                 "--enable-threads",

@@ -50,8 +50,12 @@ MATRIX: dict[str, tuple[str, list[str]]] = {
         ["-k", "gthread", "-w", "2", "--threads", "4"],
     ),
     "gunicorn --preload -k gevent -w 2": ("gunicorn", ["--preload", "-k", "gevent", "-w", "2"]),
-    "uwsgi --processes 3": ("uwsgi", ["--processes", "3"]),
-    "uwsgi --processes 3 --lazy-apps": ("uwsgi", ["--processes", "3", "--lazy-apps"]),
+    "uwsgi --master --processes 3": ("uwsgi", ["--master", "--processes", "3"]),
+    "uwsgi --master --processes 3 --lazy-apps": (
+        "uwsgi",
+        ["--master", "--processes", "3", "--lazy-apps"],
+    ),
+    "uwsgi --processes 3 (no master)": ("uwsgi", ["--processes", "3"]),
     "waitress": ("waitress", ["--threads=4"]),
 }
 
