@@ -584,6 +584,21 @@ if sys.argv[2] == "fork":
     _, status = os.waitpid(pid, 0)
     print("parent", elect.state, os.waitstatus_to_exitcode(status), elect.term == term, job(),
           flush=True)
+elif sys.argv[2] == "multiprocessing":
+    import multiprocessing
+
+    term = elect.term
+
+    def child(queue):
+        queue.put((elect.running, elect.is_leader, elect.term == term, job()))
+
+    queue = multiprocessing.get_context("fork").Queue()
+    worker = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
+    worker.start()
+    seen = queue.get(timeout=10)
+    worker.join(10)
+    time.sleep(0.3)  # several heartbeats: the parent's elector goes on
+    print("child", *seen, "parent", elect.state, elect.term == term, job(), flush=True)
 else:
     print("exiting", elect.state, flush=True)
 # Falls off the end: atexit stops the elector (a lone leader cannot hand over).
@@ -612,6 +627,11 @@ def test_a_fork_never_moves_the_elector(tmp_path: Path) -> None:
     assert out[:5] == ["child", "True", "True", "True", "None"], out
     # The parent keeps its elector, its leadership and its term, and runs the job.
     assert out[5:] == ["parent", "leader", "0", "True", "ran"], out
+
+
+def test_a_multiprocessing_child_leaves_the_elector_and_its_leadership(tmp_path: Path) -> None:
+    out = run_script(tmp_path, "multiprocessing")
+    assert out == ["child", "True", "True", "True", "None", "parent", "leader", "True", "ran"]
 
 
 def test_exit_stops_the_elector(tmp_path: Path) -> None:
