@@ -30,7 +30,7 @@ from ._settings import Settings, security_warnings
 from .messages import Reply, Request
 from .node import NodeRunner, make_transport
 from .rpc import Body, Headers
-from .state import STATE_OF_ROLE, ElectorLike, ErrorRecord, Snapshot, State
+from .state import STATE_OF_ROLE, ElectorLike, ErrorRecord, InFlight, Snapshot, State
 from .transport import HttpTransport, ask_statuses
 
 __all__ = ["ExtensionState"]
@@ -98,6 +98,11 @@ class ExtensionState:
             return forced
         view: ElectorLike = self.node.view
         return view
+
+    @property
+    def inflight(self) -> InFlight:
+        """The leader-only calls running in this process (the decorators pass it)."""
+        return self.node.inflight
 
     @property
     def runs_jobs(self) -> bool:

@@ -158,15 +158,23 @@ def leader_only(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         state = _state_of_current_app()
-        now = clock.now()  # before the snapshot: a lease dropped meanwhile is seen
-        snap = state.snapshot
-        if not snap.is_leader(now):
-            return _follower_response(state, snap)
-        token = _TERM.set(snap.term)
+        gate = state.inflight
+        # Through the gate first, then the check: a hand-over closes the gate and
+        # waits for the calls inside before the next leader can take over.
+        entered = gate.enter()
         try:
-            return current_app.ensure_sync(func)(*args, **kwargs)
+            now = clock.now()  # before the snapshot: a lease dropped meanwhile is seen
+            snap = state.snapshot
+            if not entered or not snap.is_leader(now):
+                return _follower_response(state, snap)
+            token = _TERM.set(snap.term)
+            try:
+                return current_app.ensure_sync(func)(*args, **kwargs)
+            finally:
+                _TERM.reset(token)
         finally:
-            _TERM.reset(token)
+            if entered:
+                gate.leave()
 
     return wrapper  # type: ignore[return-value]
 
@@ -193,29 +201,42 @@ def job_wrapper(state_of: Callable[[], ExtensionState], func: F, raise_on_follow
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             state = state_of()
-            t = now()  # before the snapshot: a lease dropped meanwhile is seen
-            snap = state.snapshot
-            if not admitted(state, snap, t):
-                return refuse(state, snap)
-            token = _TERM.set(snap.term)
+            gate = state.inflight
+            if not gate.enter():
+                return refuse(state, state.snapshot)
             try:
-                return await func(*args, **kwargs)
+                t = now()  # before the snapshot: a lease dropped meanwhile is seen
+                snap = state.snapshot
+                if not admitted(state, snap, t):
+                    return refuse(state, snap)
+                token = _TERM.set(snap.term)
+                try:
+                    return await func(*args, **kwargs)
+                finally:
+                    _TERM.reset(token)
             finally:
-                _TERM.reset(token)
+                gate.leave()
 
         return async_wrapper  # type: ignore[return-value]
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         state = state_of()
-        t = now()  # before the snapshot: a lease dropped meanwhile is seen
-        snap = state.snapshot
-        if not admitted(state, snap, t):
-            return refuse(state, snap)
-        token = _TERM.set(snap.term)
+        gate = state.inflight
+        # Through the gate first, then the check (see leader_only).
+        if not gate.enter():
+            return refuse(state, state.snapshot)
         try:
-            return func(*args, **kwargs)
+            t = now()  # before the snapshot: a lease dropped meanwhile is seen
+            snap = state.snapshot
+            if not admitted(state, snap, t):
+                return refuse(state, snap)
+            token = _TERM.set(snap.term)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                _TERM.reset(token)
         finally:
-            _TERM.reset(token)
+            gate.leave()
 
     return wrapper  # type: ignore[return-value]

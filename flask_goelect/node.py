@@ -58,7 +58,16 @@ from .runner import Elector, TaskFunc
 from .runner.callbacks import OnTransition
 from .runner.runtime import in_main_hub, start_native_thread
 from .shared import NodeRecord, SharedRecord, record_path
-from .state import ErrorRecord, FixedElector, NotRunning, Snapshot, State, new_error_log, status_of
+from .state import (
+    ErrorRecord,
+    FixedElector,
+    InFlight,
+    NotRunning,
+    Snapshot,
+    State,
+    new_error_log,
+    status_of,
+)
 from .storage import FileStorage, MemoryStorage, Storage
 
 if TYPE_CHECKING:
@@ -276,6 +285,8 @@ class NodeRunner:
         self._member_view: MemberView | None = None
         self._exiting = False
         self._memory_token = ""
+        #: The leader-only calls running in this process (see :class:`InFlight`).
+        self.inflight = InFlight()
         #: Answers the peers' RPCs in the elector process.
         self.rpc = RpcServer(verifier, self._handle, settings.url_prefix)
         config = settings.election
@@ -455,6 +466,7 @@ class NodeRunner:
                 # A reply that comes later than one election timeout is useless:
                 # the heartbeat round it answers can no longer extend the lease.
                 rpc_timeout=(s.connect_timeout, s.elect_timeout),
+                gate=self.inflight,
             )
         except BaseException:
             transport.close()
@@ -549,13 +561,26 @@ class NodeRunner:
         return bool(locks.other_members())
 
     def _hand_off(self, elector: Elector, timeout: float) -> None:
-        """Stop the elector but keep the node's record: another process takes over."""
+        """Stop the elector but keep the node's record: another process takes over.
+
+        Jobs run in the elector's process only: those running here end (bounded)
+        before the next process can start its own.
+        """
+        if not self.inflight.drain(min(timeout, self.settings.elect_timeout)):
+            _log.warning(
+                "flask-goelect: node %r: process %d hands its elector over while %d"
+                " leader-only calls still run",
+                self.settings.node_id,
+                os.getpid(),
+                self.inflight.count,
+            )
         record = self._record
         snap = elector.snapshot
         elector.remove_listeners()
         if record is not None:
             record.write(NodeRecord(snap, os.getpid(), running=True, handoff=True, address=""))
         elector.stop(transfer=False, timeout=timeout)
+        self.inflight.reopen()  # this process is now a member: it runs no more jobs
         _log.info(
             "flask-goelect: node %r: process %d hands the elector to another process of the"
             " node (%s, term %d)",

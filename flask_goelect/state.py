@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import collections
 import enum
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +31,7 @@ from .messages import Reply, Request
 
 __all__ = [
     "MAX_ERROR_RECORDS",
+    "InFlight",
     "STATE_OF_ROLE",
     "ElectorLike",
     "ErrorRecord",
@@ -231,3 +234,62 @@ class FixedElector:
         if self.forced:
             raise TransferError("this node is not the leader (forced by flask_goelect.testing)")
         raise NotRunning("the elector of this node is not running; start it first")
+
+
+class InFlight:
+    """The leader-only calls running in this process, and the gate they pass.
+
+    Before a leader gives its leadership up on purpose (a hand-over to another
+    node, or its elector to another process of the node), it closes the gate
+    (:meth:`drain`): no new ``@leader_only`` call starts, and it waits, bounded,
+    for the ones running to end. Only then does it tell the next leader to take
+    over, so that work that passed its check a moment before does not overlap
+    the next leader's.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._count = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        gate = "closed" if self._closed else "open"
+        return f"<InFlight {self._count} running, {gate}>"
+
+    @property
+    def count(self) -> int:
+        """How many calls are running."""
+        return self._count
+
+    def enter(self) -> bool:
+        """A call starts: False (and it must not run) while the gate is closed."""
+        with self._cond:
+            if self._closed:
+                return False
+            self._count += 1
+            return True
+
+    def leave(self) -> None:
+        """A call that :meth:`enter` admitted has ended."""
+        with self._cond:
+            self._count -= 1
+            if self._count == 0:
+                self._cond.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Close the gate and wait up to ``timeout`` seconds for the running calls;
+        True if none is left."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closed = True
+            while self._count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def reopen(self) -> None:
+        """Admit calls again (the gate is only a pause between two leaders)."""
+        with self._cond:
+            self._closed = False

@@ -41,6 +41,7 @@ from .. import clock as _clock
 from ..messages import Heartbeat, Reply, Request, TimeoutNow, VoteRequest
 from ..state import (
     ErrorRecord,
+    InFlight,
     NotRunning,
     Snapshot,
     State,
@@ -113,6 +114,11 @@ class Elector:
         Default ``(T, T)`` with T the election timeout: a heartbeat reply later
         than T can no longer extend the lease nor count for check-quorum, and a
         connection that takes longer than T cannot deliver a useful reply.
+    :param gate: the leader-only calls of this process
+        (:class:`~flask_goelect.state.InFlight`): before this node hands its
+        leadership over on purpose (:meth:`transfer_leadership`, a stop with a
+        hand-over), no new one starts, and those running may end (for up to an
+        election timeout).
     :param clock: the monotonic clock (seconds) the lease and timers use.
     :param rng: randomness for election timeouts (default: seeded from the OS).
     :param logger: where to log (default ``flask_goelect.runner``).
@@ -130,6 +136,7 @@ class Elector:
         on_transition: OnTransition | None = None,
         callback_timeout: float = 5.0,
         rpc_timeout: tuple[float, float] | None = None,
+        gate: InFlight | None = None,
         clock: Callable[[], float] = _clock.now,
         rng: random.Random | None = None,
         logger: logging.Logger | None = None,
@@ -154,6 +161,7 @@ class Elector:
         self._storage = storage
         self._transport = transport
         self._on_transition = on_transition
+        self._gate = gate
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._peers = {p.id: p for p in config.peers if p.id != self.node_id}
@@ -415,6 +423,13 @@ class Elector:
             run.callbacks.join(remaining())
         # Again, now that the loop is over: it may have started a task after _halt.
         self._tasks.cancel(rt)
+        # A task in a native thread ends at its next ctx.wait(): wait for it, so
+        # that no leader work of this elector runs on once it has stopped.
+        if not self._tasks.join(rt, remaining):
+            self.log.warning(
+                "goelect %s: a leader task was still running when the elector stopped",
+                self.node_id,
+            )
         if rt.patched:
             run.waker.detach()
 
@@ -475,10 +490,24 @@ class Elector:
         :raises core.TransferError: ``to`` is not another voter, or there is none.
         :raises NotRunning: the elector is not running.
         """
-        if to is None:
-            to = self._transfer_target()
-        stepped = self._step(lambda node, now: node.transfer_leadership(now, to))
-        self._finish(stepped)
+        gate = self._gate
+        if gate is not None and self._pub.current.state is State.LEADER:
+            # Leader-only work that passed its check must end before the next
+            # leader can get a lease (bounded: an election timeout).
+            if not gate.drain(float(self.config.elect_timeout)):
+                self.log.warning(
+                    "goelect %s: hands leadership over while %d leader-only calls still run",
+                    self.node_id,
+                    gate.count,
+                )
+        try:
+            if to is None:
+                to = self._transfer_target()
+            stepped = self._step(lambda node, now: node.transfer_leadership(now, to))
+            self._finish(stepped)
+        finally:
+            if gate is not None:
+                gate.reopen()  # what starts now sees the lease gone
         for peer_id, msg in stepped.out.messages:
             if isinstance(msg, TimeoutNow):
                 self.log.info("goelect %s: transferring leadership to %s", self.node_id, peer_id)

@@ -68,6 +68,8 @@ class LeaderTasks:
         self.funcs: list[TaskFunc] = []
         self._term: int | None = None
         self._workers: dict[int, tuple[LeaderContext, Any]] = {}
+        # Workers cancelled and not yet seen to end (a native thread cannot be killed).
+        self._ending: list[Any] = []
 
     def __bool__(self) -> bool:
         """Whether there is anything to start or cancel."""
@@ -123,11 +125,21 @@ class LeaderTasks:
             ctx.cancelled.set()
             if runtime is not None:
                 runtime.abandon(worker)
+            self._ending.append(worker)
+
+    def join(self, runtime: Runtime, remaining: Callable[[], float]) -> bool:
+        """Wait until the cancelled tasks have ended, until ``remaining()`` is 0;
+        True if they all have (work in them then no longer runs)."""
+        ending, self._ending = self._ending, []
+        left = [w for w in ending if not runtime.join(w, remaining())]
+        self._ending.extend(left)
+        return not left
 
     def forget(self) -> None:
         """In a forked child: drop the parent's workers without touching them."""
         self._term = None
         self._workers = {}
+        self._ending = []
 
     def _run(
         self, func: TaskFunc, ctx: LeaderContext, record: Callable[[str, BaseException | str], None]
