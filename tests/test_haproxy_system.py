@@ -179,8 +179,9 @@ def test_local_config_refuses_a_template_without_the_nodes(tmp_path: Path) -> No
         )
 
 
-def kill_the_leader(cluster: LocalCluster, proxy: HAProxy, figures: Figures) -> None:
-    """One round: SIGKILL the leader under load, check and note what the client saw."""
+def kill_the_leader(cluster: LocalCluster, proxy: HAProxy, figures: Figures) -> list[str]:
+    """One round: SIGKILL the leader under load, note what the client saw; what went
+    wrong (every round runs, so that a run of another configuration has figures)."""
     check_ms = check_interval_ms(proxy.config_path.read_text())
     leader = steady_leader(cluster, proxy)
     mark = cluster.mark()
@@ -206,21 +207,25 @@ def kill_the_leader(cluster: LocalCluster, proxy: HAProxy, figures: Figures) -> 
     figures.kill_failed.append(len(failed))
     figures.kill_slowest_ms.append(slowest_ms(client))
     figures.requests += len(client.answers)
-    assert failover <= election + check_ms + SLACK_MS, (
-        f"the client waited {failover:.0f} ms for an answer after the kill; the election"
-        f" took {election:.0f} ms and HAProxy checks every {check_ms:.0f} ms"
-    )
+    cluster.start_node(leader.id)
+    problems = []
+    if failover > election + check_ms + SLACK_MS:
+        problems.append(
+            f"the client waited {failover:.0f} ms for an answer after the kill; the election"
+            f" took {election:.0f} ms and HAProxy checks every {check_ms:.0f} ms"
+        )
     # Only requests caught by the crash may fail: later ones wait for the new leader.
     late = [a for a in failed if a.sent > killed + check_ms / 1000]
-    assert not late, f"requests sent after HAProxy could see the crash failed: {late}"
-    cluster.start_node(leader.id)
+    if late:
+        problems.append(f"{len(late)} requests sent after HAProxy could see the crash failed")
+    return problems
 
 
 @pytest.mark.system
 def test_failover_after_sigkill(balanced: tuple[LocalCluster, HAProxy], figures: Figures) -> None:
     cluster, proxy = balanced
-    for _ in range(ROUNDS):
-        kill_the_leader(cluster, proxy, figures)
+    problems = [p for _ in range(ROUNDS) for p in kill_the_leader(cluster, proxy, figures)]
+    assert not problems, problems
 
 
 @pytest.mark.system
@@ -239,12 +244,13 @@ def test_rolling_restart_fails_no_request(
                 cluster.start_node(node)
                 steady_leader(cluster, proxy)
             assert client.wait_for_answers(20, BOUND, since=time.monotonic())
-        failed = client.failures()
-        figures.roll_failed.append(len(failed))
+        figures.roll_failed.append(len(client.failures()))
         figures.roll_pause_ms.append(longest_pause_ms(client))
         figures.roll_slowest_ms.append(slowest_ms(client))
         figures.requests += len(client.answers)
-        assert not failed, f"{len(failed)} requests failed during the rolling restart: {failed}"
+    assert not any(figures.roll_failed), (
+        f"requests failed during the rolling restarts: {figures.roll_failed} (per round)"
+    )
     assert cluster.ledger_violations() == []
 
 
