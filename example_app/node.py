@@ -15,6 +15,14 @@ then the elector starts, so that peers never find the node electing but not
 listening. SIGTERM or SIGINT stops it gracefully: the leader hands leadership
 over (``elect.stop(transfer=True)``), then the server stops, exit status 0.
 
+Behind a load balancer that sends leader-only requests to the node whose
+``GET /_goelect/leader`` answers 200, ``--drain-ms`` makes a stopping leader
+step out of the balancer before it hands over: for that long its ``/leader``
+answers 503 while it still holds its lease and serves every request (the
+balancer moves away and holds new requests, having no leader to send them
+to), then it hands over, finishes the requests it accepted, and exits. See
+``docs/deployment.md``.
+
 **Events on stdout**, one JSON object per line (flushed), for launchers that
 follow the node without polling. Each has ``event``, ``node``, ``t`` (Unix
 time) and ``mono`` (``time.monotonic()``: one clock for every process of a
@@ -29,6 +37,7 @@ Linux machine, so a launcher can subtract its own readings)::
               (``term``)
     leader_changed  the leader this node knows changed (``leader``, ``term``)
     stopping  a stop signal arrived (``signal``)
+    draining  the stopping leader answers 503 on /leader for ``ms`` before it hands over
     stopped   the elector and the server are stopped (``term``, ``state``)
 
 Logs go to stderr.
@@ -37,13 +46,15 @@ Logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.event
@@ -54,6 +65,9 @@ from flask_goelect.core import ConfigError
 from flask_goelect.serving import NoDelayWSGIHandler
 
 from .events import EventPrinter, emit
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 __all__ = ["build_config", "main", "parse_args"]
 
@@ -165,6 +179,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " start several nodes' electors together)",
     )
     parser.add_argument(
+        "--drain-ms",
+        type=_non_negative_ms,
+        default=0,
+        metavar="MS",
+        help="when the leader gets SIGTERM or SIGINT: for MS milliseconds its"
+        " GET /_goelect/leader answers 503 while it still leads and serves, so that a load"
+        " balancer checking that route moves away before the hand-over; at least the"
+        " balancer's check interval times its fall count plus one check (default 0: hand"
+        " over at once)",
+    )
+    parser.add_argument(
         "--exit-with-parent",
         action="store_true",
         help="stop gracefully when the process that started this one exits",
@@ -210,6 +235,41 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
+class _LeaderRouteGate:
+    """WSGI middleware: once :meth:`close` is called, ``GET <prefix>/leader`` answers 503.
+
+    A stopping leader uses it to step out of a load balancer that routes to the
+    node whose ``/leader`` answers 200, while it still holds its lease and
+    serves every other request: the balancer stops sending it work before the
+    lease moves, so no request reaches it after it stopped leading. Every other
+    path (the RPCs, ``/status``, ``/health``, the app) goes through unchanged.
+    """
+
+    def __init__(self, app: WSGIApplication, path: str) -> None:
+        self.app = app
+        self.path = path
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self.closed and environ.get("PATH_INFO") == self.path:
+            body = json.dumps(
+                {
+                    "is_leader": False,
+                    "error": "stepping_down",
+                    "message": "this node is stopping: it hands leadership over shortly",
+                }
+            ).encode()
+            start_response(
+                "503 Service Unavailable",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        return self.app(environ, start_response)
+
+
 def _watch_parent(parent: int, stop: gevent.event.Event) -> None:
     while not stop.is_set():
         if os.getppid() != parent:
@@ -253,8 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     EventPrinter.install(app)
     host, port = args.listen
+    gate = _LeaderRouteGate(app, app.extensions["goelect"].url_prefix + "/leader")
     server = WSGIServer(
-        (host, port), app, handler_class=NoDelayWSGIHandler, log=None, error_log=log
+        (host, port), gate, handler_class=NoDelayWSGIHandler, log=None, error_log=log
     )
     try:
         server.start()
@@ -278,7 +339,14 @@ def main(argv: list[str] | None = None) -> int:
 
     stop.wait()
     emit("stopping", node_id, signal=received[0] if received else None)
-    # Hand leadership over while the server still answers, then stop serving.
+    if args.drain_ms and elect.is_leader:
+        # Out of the balancer first, while this node still leads and serves: no
+        # request is sent here once the lease has moved.
+        gate.close()
+        emit("draining", node_id, ms=args.drain_ms)
+        gevent.sleep(args.drain_ms / 1000)
+    # Hand leadership over while the server still answers, then stop accepting and
+    # finish the requests already accepted.
     elect.stop(transfer=True)
     server.stop(timeout=1.0)
     emit("stopped", node_id, term=elect.term, state=elect.state)
