@@ -46,15 +46,13 @@ Logs go to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 import gevent.event
@@ -65,9 +63,6 @@ from flask_goelect.core import ConfigError
 from flask_goelect.serving import NoDelayWSGIHandler
 
 from .events import EventPrinter, emit
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 __all__ = ["build_config", "main", "parse_args"]
 
@@ -232,42 +227,9 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
         config["EXAMPLE_LEDGER"] = args.ledger
     if args.job_interval is not None:
         config["EXAMPLE_JOB_INTERVAL"] = args.job_interval
+    if getattr(args, "drain_ms", 0):
+        config["GOELECT_HANDOVER_DRAIN"] = args.drain_ms
     return config
-
-
-class _LeaderRouteGate:
-    """WSGI middleware: once :meth:`close` is called, ``GET <prefix>/leader`` answers 503.
-
-    A stopping leader uses it to step out of a load balancer that routes to the
-    node whose ``/leader`` answers 200, while it still holds its lease and
-    serves every other request: the balancer stops sending it work before the
-    lease moves, so no request reaches it after it stopped leading. Every other
-    path (the RPCs, ``/status``, ``/health``, the app) goes through unchanged.
-    """
-
-    def __init__(self, app: WSGIApplication, path: str) -> None:
-        self.app = app
-        self.path = path
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if self.closed and environ.get("PATH_INFO") == self.path:
-            body = json.dumps(
-                {
-                    "is_leader": False,
-                    "error": "stepping_down",
-                    "message": "this node is stopping: it hands leadership over shortly",
-                }
-            ).encode()
-            start_response(
-                "503 Service Unavailable",
-                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
-            )
-            return [body]
-        return self.app(environ, start_response)
 
 
 def _watch_parent(parent: int, stop: gevent.event.Event) -> None:
@@ -313,9 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     EventPrinter.install(app)
     host, port = args.listen
-    gate = _LeaderRouteGate(app, app.extensions["goelect"].url_prefix + "/leader")
     server = WSGIServer(
-        (host, port), gate, handler_class=NoDelayWSGIHandler, log=None, error_log=log
+        (host, port), app, handler_class=NoDelayWSGIHandler, log=None, error_log=log
     )
     try:
         server.start()
@@ -340,13 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     emit("stopping", node_id, signal=received[0] if received else None)
     if args.drain_ms and elect.is_leader:
-        # Out of the balancer first, while this node still leads and serves: no
-        # request is sent here once the lease has moved.
-        gate.close()
         emit("draining", node_id, ms=args.drain_ms)
-        gevent.sleep(args.drain_ms / 1000)
-    # Hand leadership over while the server still answers, then stop accepting and
-    # finish the requests already accepted.
+    # Hand leadership over while the server still answers (a leader first steps out
+    # of its balancer for --drain-ms: GOELECT_HANDOVER_DRAIN), then stop accepting
+    # and finish the requests already accepted.
     elect.stop(transfer=True)
     server.stop(timeout=1.0)
     emit("stopped", node_id, term=elect.term, state=elect.state)

@@ -136,6 +136,13 @@ def _duration(k: ConfigKey, value: object) -> float:
     return float(value) / per_second
 
 
+def _pause(k: ConfigKey, value: object) -> float:
+    """A duration that may be zero (:func:`_duration` otherwise)."""
+    if value in (0, 0.0, "0", "") or value == datetime.timedelta(0):
+        return 0.0
+    return _duration(k, value)
+
+
 def _fraction(k: ConfigKey, value: object) -> float:
     """A number; :class:`~flask_goelect.core.Config` checks its range."""
     number = value
@@ -576,6 +583,21 @@ TABLE: tuple[ConfigKey, ...] = (
         " to the same path and query on the leader (503 when no leader is known).",
     ),
     ConfigKey(
+        "HANDOVER_DRAIN",
+        0,
+        _pause,
+        unit="ms",
+        doc="How long a stopping leader keeps leading, with `GET <prefix>/leader` answering"
+        " 503, before it hands leadership over.",
+        more="A number of milliseconds or a `datetime.timedelta`; 0 hands over at once. A"
+        " load balancer that routes to the node whose `/leader` answers 200 then moves its"
+        " traffic away while this node still holds its lease and serves every request, so"
+        " that no request reaches it after it stopped leading: set it to the balancer's"
+        " check interval times its fall count, plus one interval. Only a stop that hands"
+        " leadership to another node waits (not a hand-off between the processes of a node).",
+        why="without a balancer that checks `/leader` there is nothing to wait for.",
+    ),
+    ConfigKey(
         "MAX_DRIFT",
         0.01,
         _fraction,
@@ -676,6 +698,8 @@ class Settings:
     state_file: str | None
     autostart: bool
     follower_response: str
+    #: Seconds a stopping leader keeps leading with ``/leader`` answering 503.
+    handover_drain: float = 0.0
     #: The shared secrets (``GOELECT_SECRET``): the first signs, all verify.
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
     cluster: str = ""
@@ -855,6 +879,7 @@ def load_settings(
         state_file=None if state_file == MEMORY else state_file,
         autostart=value["AUTOSTART"],
         follower_response=value["FOLLOWER_RESPONSE"],
+        handover_drain=value["HANDOVER_DRAIN"],
         secrets=value["SECRET"],
         cluster=value["CLUSTER"],
         tls_ca=value["TLS_CA"],

@@ -100,6 +100,11 @@ class ExtensionState:
         return view
 
     @property
+    def stepping_down(self) -> bool:
+        """Whether this node's leader is stopping and drains its load balancer."""
+        return self._forced is None and self.node.stepping_down
+
+    @property
     def inflight(self) -> InFlight:
         """The leader-only calls running in this process (the decorators pass it)."""
         return self.node.inflight

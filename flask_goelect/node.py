@@ -284,6 +284,7 @@ class NodeRunner:
         self._client: LocalClient | None = None
         self._member_view: MemberView | None = None
         self._exiting = False
+        self._stepping_down = False
         self._memory_token = ""
         #: The leader-only calls running in this process (see :class:`InFlight`).
         self.inflight = InFlight()
@@ -486,7 +487,15 @@ class NodeRunner:
         pid = os.getpid()
 
         def publish(snap: Snapshot) -> None:
-            record.write(NodeRecord(snap, pid, snap.state is not State.STOPPED, address=address))
+            record.write(
+                NodeRecord(
+                    snap,
+                    pid,
+                    snap.state is not State.STOPPED,
+                    address=address,
+                    stepping_down=self._stepping_down,
+                )
+            )
 
         elector.add_listener(publish)
         try:
@@ -534,7 +543,10 @@ class NodeRunner:
             if in_node:
                 self._hand_off(elector, timeout)
             else:
+                if transfer:
+                    self._step_down_first(elector)
                 elector.stop(transfer=transfer, timeout=timeout)
+                self._stepping_down = False
             self._close_server()
             if locks is not None:
                 locks.release_elector(self)
@@ -551,6 +563,39 @@ class NodeRunner:
                 locks.stop_waiting()
                 locks.leave()
         return self.stop(transfer=True, timeout=min(2.0, 2 * self.settings.elect_timeout))
+
+    @property
+    def stepping_down(self) -> bool:
+        """Whether the node's leader is stopping and drains its load balancer."""
+        if self.role is Role.ELECTOR or self._record is None:
+            return self._stepping_down
+        record = self._record.read()
+        return record is not None and record.stepping_down
+
+    def _step_down_first(self, elector: Elector) -> None:
+        """``GOELECT_HANDOVER_DRAIN``: keep leading with ``/leader`` answering 503 for
+        a while, so that a balancer routing by it moves first; then hand over."""
+        drain = self.settings.handover_drain
+        if drain <= 0 or not elector.is_leader():
+            return
+        self._stepping_down = True
+        record = self._record
+        if record is not None:
+            snap = elector.snapshot
+            record.write(
+                NodeRecord(snap, os.getpid(), True, address=self._address(), stepping_down=True)
+            )
+        _log.info(
+            "flask-goelect: node %r steps out of its load balancer for %g ms before it hands"
+            " leadership over",
+            self.settings.node_id,
+            drain * 1000,
+        )
+        time.sleep(drain)
+
+    def _address(self) -> str:
+        server = self._server
+        return server.address if server is not None else ""
 
     def _successor_exists(self, locks: LockFile) -> bool:
         if self._exiting:

@@ -60,7 +60,9 @@ class NodeRecord:
     ``pid`` is the elector's process; ``running`` is false once it stopped;
     ``handoff`` is true while it hands the elector over to another process of
     the node (the node keeps its role and lease meanwhile); ``address`` is
-    where it answers the node's other processes (:mod:`flask_goelect.local`).
+    where it answers the node's other processes (:mod:`flask_goelect.local`);
+    ``stepping_down`` is true while a stopping leader drains its load balancer
+    (``GOELECT_HANDOVER_DRAIN``).
     """
 
     snapshot: Snapshot
@@ -68,6 +70,7 @@ class NodeRecord:
     running: bool = True
     handoff: bool = False
     address: str = ""
+    stepping_down: bool = False
 
     def to_json(self) -> dict[str, Any]:
         s = self.snapshot
@@ -85,6 +88,7 @@ class NodeRecord:
             "running": self.running,
             "handoff": self.handoff,
             "address": self.address,
+            "stepping_down": self.stepping_down,
         }
 
     @classmethod
@@ -106,6 +110,7 @@ class NodeRecord:
             bool(data["running"]),
             bool(data["handoff"]),
             str(data.get("address", "")),
+            bool(data.get("stepping_down", False)),
         )
 
 

@@ -169,11 +169,17 @@ def status() -> Response:
 
 
 def leader() -> Response:
-    """200 only on the leader holding a valid lease: a load balancer's health check."""
+    """200 only on the leader holding a valid lease (and not stepping down): a load
+    balancer's health check."""
     state = _state()
     snap = state.snapshot
-    is_leader = snap.is_leader()
+    # A stopping leader (GOELECT_HANDOVER_DRAIN) still leads, but asks the balancer
+    # to send its traffic elsewhere before it hands over.
+    stepping_down = state.stepping_down
+    is_leader = snap.is_leader() and not stepping_down
     body: dict[str, Any] = {"is_leader": is_leader}
+    if stepping_down:
+        body["stepping_down"] = True
     if _sees_details(state, "/leader"):
         body = {
             "node_id": snap.node_id,
@@ -182,6 +188,7 @@ def leader() -> Response:
             "term": snap.term,
             "leader_id": snap.leader_id,
             "leader_address": snap.leader_address or None,
+            "stepping_down": stepping_down,
             "process": state.process(),
         }
     return _json(body, 200 if is_leader else 503)

@@ -22,6 +22,7 @@ from flask_goelect.core import ConfigError, LeaderInfo, Peer
 from flask_goelect.decorators import current_term
 from flask_goelect.extension import ExtensionState, LockError, _serving_process
 from flask_goelect.testing import make_follower, make_leader
+from goelect_harness.helpers import wait_until
 
 # -- configuration ---------------------------------------------------------------------
 
@@ -637,3 +638,31 @@ def test_a_multiprocessing_child_leaves_the_elector_and_its_leadership(tmp_path:
 def test_exit_stops_the_elector(tmp_path: Path) -> None:
     assert run_script(tmp_path, "exit") == ["exiting", "leader"]
     assert (tmp_path / "n1.json.lock").read_text() == ""  # stopped by atexit
+
+
+def test_a_stopping_leader_steps_out_of_its_balancer_first() -> None:
+    # GOELECT_HANDOVER_DRAIN: /leader answers 503 while the node still leads and
+    # serves, so that a balancer routing by it moves before the hand-over.
+    app = make_app(
+        GOELECT_PEERS=[],
+        GOELECT_NODE_ADDRESS="http://127.0.0.1:1",
+        GOELECT_ELECT_TIMEOUT=100,
+        GOELECT_HEARTBEAT_INTERVAL=10,
+        GOELECT_HANDOVER_DRAIN=400,
+    )
+    elect = LeaderElect(app)
+    elect.start()
+    client = app.test_client()
+    assert elect.wait_for_leader(5) is not None
+    assert client.get("/_goelect/leader").status_code == 200
+    stopper = threading.Thread(target=elect.stop)
+    stopper.start()
+    try:
+        seen = wait_until(lambda: client.get("/_goelect/leader").status_code == 503, 2)
+        assert seen
+        answer = client.get("/_goelect/leader")
+        assert answer.json["stepping_down"] is True and answer.json["is_leader"] is False
+        assert elect.is_leader  # it still leads meanwhile
+    finally:
+        stopper.join(10)
+    assert not elect.running and client.get("/_goelect/leader").json["stepping_down"] is False

@@ -43,6 +43,7 @@ def test_each_key_is_in_the_table_once() -> None:
     assert durations == {
         "ELECT_TIMEOUT": "ms",
         "HEARTBEAT_INTERVAL": "ms",
+        "HANDOVER_DRAIN": "ms",
         "CONNECT_TIMEOUT": "s",
         "CALLBACK_TIMEOUT": "s",
     }
