@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, render_template
+from flask import Blueprint, Flask, current_app, render_template, request
 from flask.typing import ResponseReturnValue
 
 from flask_goelect import LeaderElect, leader_only, signals
@@ -217,6 +217,33 @@ def jobs() -> ResponseReturnValue:
         "written_by_this_process": example.ledger.seq,
         "last_entries": [e.to_json() for e in tail_ledger(example.ledger.path, 20)],
     }
+
+
+#: The longest a ``GET /slow`` request may take, in milliseconds.
+MAX_SLOW_MS = 30_000
+
+
+@bp.get("/slow")
+def slow() -> ResponseReturnValue:
+    """A slow request, for load tests: ``?ms=N`` waits N milliseconds (at most 30 s);
+    with ``&cpu=1`` it computes for that long instead, without yielding (as a
+    CPU-bound view does, holding the GIL and, under gevent, the hub)."""
+    try:
+        ms = float(request.args.get("ms", "100"))
+    except ValueError:
+        ms = math.nan
+    if not 0 <= ms <= MAX_SLOW_MS:
+        return {"error": "bad_request", "message": f"ms must be 0..{MAX_SLOW_MS}"}, 400
+    cpu = request.args.get("cpu") == "1"
+    started = time.perf_counter()
+    if cpu:
+        deadline = started + ms / 1000
+        spins = 0
+        while time.perf_counter() < deadline:
+            spins += 1
+    else:
+        time.sleep(ms / 1000)
+    return {"ms": round((time.perf_counter() - started) * 1000, 3), "cpu": cpu}
 
 
 @bp.post("/jobs/run-now")

@@ -260,6 +260,12 @@ class Elector:
             },
             send_failures=dict(sorted(failures.items())),
             last_send_error=dict(sorted(last_error.items())),
+            calls={
+                peer: {kind: c.to_json() for kind, c in sorted(kinds.items())}
+                for peer, kinds in sorted(senders.stats.items())
+            }
+            if senders is not None
+            else {},
             errors=len(self.errors),
             running=self._running,
             mode=self.mode,

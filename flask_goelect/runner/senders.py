@@ -10,16 +10,49 @@ there). There are no retries: the election timer is the retry.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .. import core
-from ..messages import Reply, Request
+from ..messages import REQUEST_TYPES, Reply, Request
 from ..state import NotRunning
 from ..transport import Transport, TransportError
 from .runtime import Event, Runtime
 
-__all__ = ["Mailbox", "PeerSenders"]
+__all__ = ["CallStats", "Mailbox", "PeerSenders"]
+
+
+@dataclass
+class CallStats:
+    """Calls of one kind to one peer: how many, how many failed, how long they took."""
+
+    calls: int = 0
+    failures: int = 0
+    total_seconds: float = 0.0
+    max_seconds: float = 0.0
+    last_seconds: float = 0.0
+
+    def add(self, seconds: float, failed: bool) -> None:
+        self.calls += 1
+        if failed:
+            self.failures += 1
+            return
+        self.total_seconds += seconds
+        self.last_seconds = seconds
+        if seconds > self.max_seconds:
+            self.max_seconds = seconds
+
+    def to_json(self) -> dict[str, Any]:
+        answered = self.calls - self.failures
+        return {
+            "calls": self.calls,
+            "failures": self.failures,
+            "mean_ms": round(self.total_seconds / answered * 1000, 3) if answered else None,
+            "max_ms": round(self.max_seconds * 1000, 3),
+            "last_ms": round(self.last_seconds * 1000, 3),
+        }
 
 
 class Mailbox:
@@ -94,6 +127,11 @@ class PeerSenders:
         self.last_error: dict[str, str] = {}
         #: Peers whose last call failed: the first failure is a warning, the rest debug.
         self.unreachable: set[str] = set()
+        #: Per peer and message kind (``"Heartbeat"``...): the calls and their times
+        #: (every kind there from the start: readers iterate while senders add).
+        self.stats: dict[str, dict[str, CallStats]] = {
+            p: {cls.__name__: CallStats() for cls in REQUEST_TYPES.values()} for p in peers
+        }
 
     def start(self) -> None:
         name = f"goelect-{self.node_id}-send"
@@ -148,9 +186,12 @@ class PeerSenders:
                     self._record("send", exc)
 
     def _send(self, peer: core.Peer, msg: Request) -> None:
+        stats = self.stats[peer.id][type(msg).__name__]
+        started = time.perf_counter()
         try:
             reply = self._transport.send(peer, msg, self._rpc_timeout)
         except TransportError as exc:
+            stats.add(time.perf_counter() - started, True)
             self.failures[peer.id] = self.failures.get(peer.id, 0) + 1
             self.last_error[peer.id] = str(exc)
             if peer.id in self.unreachable:
@@ -159,6 +200,7 @@ class PeerSenders:
                 self.unreachable.add(peer.id)
                 self.log.warning("goelect %s: %s", self.node_id, exc)
             return
+        stats.add(time.perf_counter() - started, False)
         if peer.id in self.unreachable:
             self.unreachable.discard(peer.id)
             self.log.info("goelect %s: peer %r answers again", self.node_id, peer.id)
