@@ -69,6 +69,8 @@ class ExtensionState:
         )
         #: This process's part in running the node (see :mod:`flask_goelect.node`).
         self.node = NodeRunner(settings, self.verifier, self.make_transport, self._on_transition)
+        #: The leader-only calls running in this process (the decorators pass it).
+        self.inflight: InFlight = self.node.inflight
         self._warned = False
 
     def __repr__(self) -> str:
@@ -103,17 +105,6 @@ class ExtensionState:
     def stepping_down(self) -> bool:
         """Whether this node's leader is stopping and drains its load balancer."""
         return self._forced is None and self.node.stepping_down
-
-    @property
-    def inflight(self) -> InFlight:
-        """The leader-only calls running in this process (the decorators pass it)."""
-        return self.node.inflight
-
-    @property
-    def runs_jobs(self) -> bool:
-        """Whether ``@elect.leader_only`` jobs may run in this process: only in the
-        node's elector process (or when a state is forced by tests)."""
-        return self._forced is not None or self.node.runs_jobs
 
     @property
     def snapshot(self) -> Snapshot:

@@ -39,7 +39,7 @@ from . import clock
 from ._answers import error_answer, json_answer
 from .app_state import ExtensionState
 from .core import LeaderInfo, NotLeaderError
-from .state import Snapshot
+from .state import ElectorLike, Snapshot
 from .views import as_response
 
 __all__ = ["NotLeader", "current_term", "leader_only"]
@@ -190,11 +190,11 @@ def job_wrapper(state_of: Callable[[], ExtensionState], func: F, raise_on_follow
         if raise_on_follower:
             raise NotLeader(state.settings.node_id, snap.term, snap.leader)
 
-    def admitted(state: ExtensionState, snap: Snapshot, t: float) -> bool:
+    def admitted(elector: ElectorLike, snap: Snapshot, t: float) -> bool:
         # Jobs run in one process of the cluster: the leader's elector process
         # (schedulers in every worker must not mean a run in every worker); a job
         # called inside a leader-only call that passed in this term runs there.
-        return snap.is_leader(t) and (state.runs_jobs or _TERM.get(None) == snap.term)
+        return snap.is_leader(t) and (elector.runs_jobs or _TERM.get(None) == snap.term)
 
     if inspect.iscoroutinefunction(func):
 
@@ -206,8 +206,9 @@ def job_wrapper(state_of: Callable[[], ExtensionState], func: F, raise_on_follow
                 return refuse(state, state.snapshot)
             try:
                 t = now()  # before the snapshot: a lease dropped meanwhile is seen
-                snap = state.snapshot
-                if not admitted(state, snap, t):
+                elector = state.elector
+                snap = elector.snapshot
+                if not admitted(elector, snap, t):
                     return refuse(state, snap)
                 token = _TERM.set(snap.term)
                 try:
@@ -228,8 +229,9 @@ def job_wrapper(state_of: Callable[[], ExtensionState], func: F, raise_on_follow
             return refuse(state, state.snapshot)
         try:
             t = now()  # before the snapshot: a lease dropped meanwhile is seen
-            snap = state.snapshot
-            if not admitted(state, snap, t):
+            elector = state.elector
+            snap = elector.snapshot
+            if not admitted(elector, snap, t):
                 return refuse(state, snap)
             token = _TERM.set(snap.term)
             try:

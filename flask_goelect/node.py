@@ -37,6 +37,7 @@ from __future__ import annotations
 import enum
 import functools
 import importlib
+import itertools
 import logging
 import os
 import sys
@@ -275,9 +276,9 @@ class NodeRunner:
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._worker_id = server_worker_id()
-        self.role = Role.IDLE
-        #: The elector of this process's current (or last) run, None before the first one.
-        self.elector: Elector | None = None
+        self._role = Role.IDLE
+        self._elector: Elector | None = None
+        self._view: Any = None
         self._locks: LockFile | None = None
         self._record: SharedRecord | None = None
         self._server: LocalServer | None = None
@@ -296,6 +297,7 @@ class NodeRunner:
                 settings.node_id, 0, tuple(sorted(config.voters)), tuple(sorted(config.observers))
             )
         )
+        self._refresh_view()
 
     def __repr__(self) -> str:
         return f"<NodeRunner {self.settings.node_id!r} {self.role} pid={self._pid}>"
@@ -303,30 +305,53 @@ class NodeRunner:
     # -- what readers use ------------------------------------------------------------
 
     @property
+    def role(self) -> Role:
+        """What this process does for the node."""
+        return self._role
+
+    @role.setter
+    def role(self, role: Role) -> None:
+        self._role = role
+        self._refresh_view()
+
+    @property
+    def elector(self) -> Elector | None:
+        """The elector of this process's current (or last) run, None before the first one."""
+        return self._elector
+
+    @elector.setter
+    def elector(self, elector: Elector | None) -> None:
+        self._elector = elector
+        self._refresh_view()
+
+    def _refresh_view(self) -> None:
+        role, elector = self._role, self._elector
+        view: Any = self._idle
+        if elector is not None and role in (Role.ELECTOR, Role.IDLE):
+            view = elector
+        elif role in (Role.MEMBER, Role.READER) and self._member_view is not None:
+            view = self._member_view
+        self._view = view
+
+    @property
     def view(self) -> Any:
-        """What answers queries in this process: the elector, the record, or a stand-in."""
+        """What answers queries in this process: the elector, the record, or a stand-in.
+
+        Every reader comes through here (the decorators on every call): one pid
+        check, which notices a fork however it was made, then one attribute.
+        """
+        if self._pid != os.getpid() or self._role is Role.DEFERRED:
+            return self._slow_view()
+        return self._view
+
+    def _slow_view(self) -> Any:
         if self._pid != os.getpid():
             self._forked()
-        role = self.role
-        if role is Role.DEFERRED and server_worker_id():
+        if self._role is Role.DEFERRED and server_worker_id():
             # uWSGI without --master: the process that loaded the app (worker id 0
             # then) serves as worker 1 after forking the others.
             self._join_deferred()
-            role = self.role
-        if role is Role.ELECTOR or (role is Role.IDLE and self.elector is not None):
-            elector = self.elector
-            if elector is not None:
-                return elector
-        if role in (Role.MEMBER, Role.READER) and self._member_view is not None:
-            return self._member_view
-        return self._idle
-
-    @property
-    def runs_jobs(self) -> bool:
-        """Whether leader-only jobs may run in this process (only in the elector's)."""
-        if self._pid != os.getpid():
-            self._forked()
-        return self.role is Role.ELECTOR or self._record is None
+        return self._view
 
     @property
     def running(self) -> bool:
@@ -398,6 +423,7 @@ class NodeRunner:
         if self._record is None:
             self._record = SharedRecord(record_path(state_file))
             self._member_view = MemberView(self, self._record)
+            self._refresh_view()
         locks.join()
         if locks.take_elector(self, self.settings.node_id):
             try:
@@ -483,7 +509,9 @@ class NodeRunner:
         record = self._record
         assert state_file is not None and record is not None
         elector = self._new_elector(FileStorage(state_file))
-        address = f"{socket_address(state_file)}-{os.getpid()}"
+        # A name of its own per elector: a socket of an earlier one of this process
+        # may not be released yet (its accept() still returning).
+        address = f"{socket_address(state_file)}-{os.getpid()}-{next(_SERVER_NUMBERS)}"
         pid = os.getpid()
 
         def publish(snap: Snapshot) -> None:
@@ -665,6 +693,7 @@ class NodeRunner:
             state_file = self.settings.state_file
             self._record = SharedRecord(record_path(state_file)) if state_file else None
             self._member_view = MemberView(self, self._record) if self._record is not None else None
+            self._refresh_view()
             # A worker of a preforking server serves, and joins the node: the child
             # of a master that deferred the node, or a new uWSGI worker forked by
             # the first one (uWSGI without --master).
@@ -837,6 +866,9 @@ class NodeRunner:
         else:
             elector_pid = record.pid if record.running else None
         return {"pid": os.getpid(), "role": str(self.role), "elector_pid": elector_pid}
+
+
+_SERVER_NUMBERS = itertools.count(1)
 
 
 def _start_thread(name: str, func: Callable[[], None]) -> object:

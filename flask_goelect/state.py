@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -163,7 +162,13 @@ def new_error_log() -> collections.deque[ErrorRecord]:
 
 
 class ElectorLike(Protocol):
-    """What the Flask glue needs of an elector."""
+    """What the Flask glue needs of an elector.
+
+    ``runs_jobs`` says whether ``@elect.leader_only`` jobs may run where it
+    answers: in the node's elector process only.
+    """
+
+    runs_jobs: bool
 
     @property
     def snapshot(self) -> Snapshot: ...
@@ -188,13 +193,16 @@ class ElectorLike(Protocol):
 
 
 class FixedElector:
-    """An elector whose answers are fixed by its snapshot.
+    """An elector whose answers are fixed by its snapshot (it runs jobs: a state
+    forced by tests is the whole node).
 
     It stands in before the first start (a stopped node) and for the states
     :mod:`flask_goelect.testing` forces (``forced=True``): it takes part in no
     election, answers peers' requests with :class:`NotRunning`, and records the
     transfers asked of it in ``transfers``.
     """
+
+    runs_jobs = True
 
     def __init__(self, snapshot: Snapshot, *, forced: bool = False) -> None:
         self.snapshot = snapshot
@@ -247,49 +255,51 @@ class InFlight:
     the next leader's.
     """
 
+    #: How often :meth:`drain` looks whether the running calls have ended.
+    POLL = 0.001
+
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._count = 0
+        # One entry per running call. Appending and popping are single steps under
+        # the GIL, so a call pays no lock: entering appends, then looks at the gate,
+        # and leaves again if it found it closed; draining closes the gate, then
+        # waits for the deque to empty. Whichever comes first, a call never runs
+        # past a drain that returned.
+        self._running: collections.deque[None] = collections.deque()
         self._closed = False
 
     def __repr__(self) -> str:
         gate = "closed" if self._closed else "open"
-        return f"<InFlight {self._count} running, {gate}>"
+        return f"<InFlight {len(self._running)} running, {gate}>"
 
     @property
     def count(self) -> int:
         """How many calls are running."""
-        return self._count
+        return len(self._running)
 
     def enter(self) -> bool:
         """A call starts: False (and it must not run) while the gate is closed."""
-        with self._cond:
-            if self._closed:
-                return False
-            self._count += 1
-            return True
+        running = self._running
+        running.append(None)
+        if self._closed:
+            running.pop()
+            return False
+        return True
 
     def leave(self) -> None:
         """A call that :meth:`enter` admitted has ended."""
-        with self._cond:
-            self._count -= 1
-            if self._count == 0:
-                self._cond.notify_all()
+        self._running.pop()
 
     def drain(self, timeout: float) -> bool:
         """Close the gate and wait up to ``timeout`` seconds for the running calls;
         True if none is left."""
+        self._closed = True
         deadline = time.monotonic() + timeout
-        with self._cond:
-            self._closed = True
-            while self._count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return True
+        while self._running:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(self.POLL)
+        return True
 
     def reopen(self) -> None:
         """Admit calls again (the gate is only a pause between two leaders)."""
-        with self._cond:
-            self._closed = False
+        self._closed = False

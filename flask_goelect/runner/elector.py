@@ -127,6 +127,9 @@ class Elector:
     transport are closed): create a new one.
     """
 
+    #: Jobs run where the elector runs (see :class:`~flask_goelect.state.ElectorLike`).
+    runs_jobs = True
+
     def __init__(
         self,
         config: core.Config,
