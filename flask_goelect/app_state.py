@@ -29,7 +29,7 @@ from ._answers import Answer
 from ._settings import Settings, security_warnings
 from .messages import Reply, Request
 from .node import NodeRunner, make_transport
-from .rpc import Body, Headers
+from .rpc import Body, Headers, StatusRead
 from .state import STATE_OF_ROLE, ElectorLike, ErrorRecord, InFlight, Snapshot, State
 from .transport import HttpTransport, ask_statuses
 
@@ -240,21 +240,9 @@ class ExtensionState:
         """Answer a peer's RPC (in the node's elector process, wherever it lands)."""
         return self.node.serve_rpc(kind, headers, body, remote_addr)
 
-    def status_answer(
-        self,
-        method: str,
-        path: str,
-        headers: Headers,
-        body: Body,
-        remote_addr: str,
-        *,
-        may_read_unsigned: bool,
-        full: bool,
-    ) -> Answer:
+    def status_answer(self, read: StatusRead, *, full: bool) -> Answer:
         """The answer of a status route (see ``NodeRunner.status_answer``)."""
-        return self.node.status_answer(
-            method, path, headers, body, remote_addr, may_read_unsigned, full
-        )
+        return self.node.status_answer(read, full)
 
     def transfer_leadership(self, to: str | None = None) -> str:
         return self.elector.transfer_leadership(to)

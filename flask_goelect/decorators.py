@@ -39,7 +39,7 @@ from . import clock
 from ._answers import error_answer, json_answer
 from .app_state import ExtensionState
 from .core import LeaderInfo, NotLeaderError
-from .state import ElectorLike, Snapshot
+from .state import Snapshot
 from .views import as_response
 
 __all__ = ["NotLeader", "current_term", "leader_only"]
@@ -186,59 +186,57 @@ def job_wrapper(state_of: Callable[[], ExtensionState], func: F, raise_on_follow
     """
     now = clock.now
 
-    def refuse(state: ExtensionState, snap: Snapshot) -> None:
-        if raise_on_follower:
-            raise NotLeader(state.settings.node_id, snap.term, snap.leader)
-
-    def admitted(elector: ElectorLike, snap: Snapshot, t: float) -> bool:
+    def admit(state: ExtensionState) -> Snapshot | None:
+        """The snapshot the call runs under, through the gate; None if refused (and
+        out of the gate again). Through the gate first, then the check (see
+        leader_only)."""
+        gate = state.inflight
+        if not gate.enter():
+            return None
+        t = now()  # before the snapshot: a lease dropped meanwhile is seen
+        elector = state.elector
+        snap = elector.snapshot
         # Jobs run in one process of the cluster: the leader's elector process
         # (schedulers in every worker must not mean a run in every worker); a job
         # called inside a leader-only call that passed in this term runs there.
-        return snap.is_leader(t) and (elector.runs_jobs or _TERM.get(None) == snap.term)
+        if snap.is_leader(t) and (elector.runs_jobs or _TERM.get(None) == snap.term):
+            return snap
+        gate.leave()
+        return None
+
+    def refuse(state: ExtensionState) -> None:
+        if raise_on_follower:
+            snap = state.snapshot
+            raise NotLeader(state.settings.node_id, snap.term, snap.leader)
 
     if inspect.iscoroutinefunction(func):
 
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             state = state_of()
-            gate = state.inflight
-            if not gate.enter():
-                return refuse(state, state.snapshot)
+            snap = admit(state)
+            if snap is None:
+                return refuse(state)
+            token = _TERM.set(snap.term)
             try:
-                t = now()  # before the snapshot: a lease dropped meanwhile is seen
-                elector = state.elector
-                snap = elector.snapshot
-                if not admitted(elector, snap, t):
-                    return refuse(state, snap)
-                token = _TERM.set(snap.term)
-                try:
-                    return await func(*args, **kwargs)
-                finally:
-                    _TERM.reset(token)
+                return await func(*args, **kwargs)
             finally:
-                gate.leave()
+                _TERM.reset(token)
+                state.inflight.leave()
 
         return async_wrapper  # type: ignore[return-value]
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         state = state_of()
-        gate = state.inflight
-        # Through the gate first, then the check (see leader_only).
-        if not gate.enter():
-            return refuse(state, state.snapshot)
+        snap = admit(state)
+        if snap is None:
+            return refuse(state)
+        token = _TERM.set(snap.term)
         try:
-            t = now()  # before the snapshot: a lease dropped meanwhile is seen
-            elector = state.elector
-            snap = elector.snapshot
-            if not admitted(elector, snap, t):
-                return refuse(state, snap)
-            token = _TERM.set(snap.term)
-            try:
-                return func(*args, **kwargs)
-            finally:
-                _TERM.reset(token)
+            return func(*args, **kwargs)
         finally:
-            gate.leave()
+            _TERM.reset(token)
+            state.inflight.leave()
 
     return wrapper  # type: ignore[return-value]

@@ -54,7 +54,7 @@ from ._settings import Settings
 from .auth import AUTH_HEADER
 from .local import LocalClient, LocalError, LocalServer, socket_address
 from .messages import Reply, Request
-from .rpc import MAX_BODY, Body, Headers, RpcServer
+from .rpc import MAX_BODY, Body, Headers, RpcServer, StatusRead
 from .runner import Elector, TaskFunc
 from .runner.callbacks import OnTransition
 from .runner.runtime import in_main_hub, start_native_thread
@@ -752,15 +752,15 @@ class NodeRunner:
             )
             return {"status": answer.status, "headers": answer.headers}, answer.body
         if op == "status-route":
-            answer = self._status_answer(
-                header["method"],
-                header["path"],
+            read = StatusRead(
+                str(header["method"]),
+                str(header["path"]),
                 header["headers"],
                 body,
-                header["remote_addr"],
-                header["may_read_unsigned"],
-                bool(header["full"]),
+                str(header["remote_addr"]),
+                bool(header["may_read_unsigned"]),
             )
+            answer = self._status_answer(read, bool(header["full"]))
             return {"status": answer.status, "headers": answer.headers}, answer.body
         if op == "status":
             return {"status": self.status()}, b""
@@ -786,56 +786,30 @@ class NodeRunner:
             {"op": "rpc", "kind": kind, "headers": dict(headers), "remote_addr": remote_addr}, data
         )
 
-    def status_answer(
-        self,
-        method: str,
-        path: str,
-        headers: Headers,
-        body: Body,
-        remote_addr: str,
-        may_read_unsigned: bool,
-        full: bool,
-    ) -> Answer:
+    def status_answer(self, read: StatusRead, full: bool) -> Answer:
         """The answer to a status route: the status (``full``) or ``{"may_read": true}``,
         or the refusal (a signed request's nonce is checked node-wide)."""
         view = self.view
-        signed = self.rpc.verifier.signs and bool(headers.get(AUTH_HEADER.lower()))
+        signed = self.rpc.verifier.signs and bool(read.headers.get(AUTH_HEADER.lower()))
         if not signed or view is self.elector or self._record is None:
             # Unsigned: nothing node-wide to check; the status itself is asked of
             # the elector process by the view.
-            return self._status_answer(
-                method, path, headers, body, remote_addr, may_read_unsigned, full
-            )
+            return self._status_answer(read, full)
+        body = read.body
         data = body if isinstance(body, bytes) else body.read(MAX_BODY + 1)
         header = {
             "op": "status-route",
-            "method": method,
-            "path": path,
-            "headers": dict(headers),
-            "remote_addr": remote_addr,
-            "may_read_unsigned": may_read_unsigned,
+            "method": read.method,
+            "path": read.path,
+            "headers": dict(read.headers),
+            "remote_addr": read.remote_addr,
+            "may_read_unsigned": read.may_read_unsigned,
             "full": full,
         }
         return self._forward(header, data)
 
-    def _status_answer(
-        self,
-        method: str,
-        path: str,
-        headers: Headers,
-        body: Body,
-        remote_addr: str,
-        may_read_unsigned: bool,
-        full: bool,
-    ) -> Answer:
-        reader = self.rpc.reader(
-            method,
-            path,
-            headers,
-            body,
-            remote_addr=remote_addr,
-            may_read_unsigned=may_read_unsigned,
-        )
+    def _status_answer(self, read: StatusRead, full: bool) -> Answer:
+        reader = self.rpc.reader(read)
         if isinstance(reader, Answer):
             return reader
         return self.rpc.sign(json_answer(self.status() if full else {"may_read": True}), reader)

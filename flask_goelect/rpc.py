@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from ._answers import Answer, error_answer, json_answer
 from .auth import (
@@ -46,6 +46,7 @@ from .state import NotRunning
 
 __all__ = [
     "MAX_BODY",
+    "StatusRead",
     "RPC_KINDS",
     "Body",
     "Headers",
@@ -65,6 +66,22 @@ RPC_KINDS = tuple(REQUEST_TYPES)
 Headers = Mapping[str, str]
 #: A request body: its bytes, or a stream to read it from (read only if needed).
 Body = bytes | IO[bytes]
+
+
+class StatusRead(NamedTuple):
+    """A request to read a node's status (``GET <prefix>/status``, ``/leader``...).
+
+    ``may_read_unsigned``: whether it may read without a signature (the status
+    is public, or the request comes from this host, not through a proxy).
+    """
+
+    method: str
+    path: str
+    headers: Headers
+    body: Body
+    remote_addr: str
+    may_read_unsigned: bool
+
 
 #: ``WWW-Authenticate`` of every 401.
 _CHALLENGE = {"WWW-Authenticate": 'Goelect-HMAC-SHA256 realm="goelect"'}
@@ -213,23 +230,14 @@ class RpcServer:
 
     # -- status readers ----------------------------------------------------------------
 
-    def reader(
-        self,
-        method: str,
-        path: str,
-        headers: Headers,
-        body: Body,
-        *,
-        remote_addr: str = "",
-        may_read_unsigned: bool,
-    ) -> Claim | Answer | None:
+    def reader(self, read: StatusRead) -> Claim | Answer | None:
         """May this request read the node's status?
 
         Its verified :class:`~flask_goelect.auth.Claim` if a peer (or this node)
-        signed it for ``path``; None if it may read unsigned
-        (``may_read_unsigned``: the status is public, or the request is local);
-        else the refusal to send.
+        signed it for ``read.path``; None if it may read unsigned; else the
+        refusal to send.
         """
+        method, path, headers, body, remote_addr, may_read_unsigned = read
         verifier = self.verifier
         if verifier.signs and headers.get(AUTH_HEADER.lower()):
             try:

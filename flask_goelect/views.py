@@ -48,7 +48,7 @@ from werkzeug.exceptions import HTTPException
 from ._answers import Answer, error_answer, json_answer
 from .app_state import ExtensionState
 from .auth import is_local_request
-from .rpc import MAX_BODY, RPC_KINDS, RpcServer, headers_from_environ
+from .rpc import MAX_BODY, RPC_KINDS, RpcServer, StatusRead, headers_from_environ
 
 __all__ = [
     "MAX_BODY",
@@ -134,15 +134,15 @@ def _status_answer(state: ExtensionState, path: str, *, full: bool) -> Answer:
         request.remote_addr,
         request.headers,  # type: ignore[arg-type]
     )
-    return state.status_answer(
+    read = StatusRead(
         request.method,
         path,
         headers_from_environ(request.environ),
         request.stream,
         request.remote_addr or "",
-        may_read_unsigned=may_read_unsigned,
-        full=full,
+        may_read_unsigned,
     )
+    return state.status_answer(read, full=full)
 
 
 def _sees_details(state: ExtensionState, route: str) -> bool:

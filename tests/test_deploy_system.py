@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import re
 import statistics
 import sys
 import time
@@ -37,6 +38,9 @@ from example_app.ledger import check_ledger, shortest_gap
 from goelect_harness.cluster import LeaderView, LocalCluster
 
 pytestmark = pytest.mark.system
+
+#: A secret for the signed rounds (every RPC and status read between nodes signed).
+SECRET = "deploy-matrix-secret-0123456789"
 
 #: name -> (server, server options)
 MATRIX: dict[str, tuple[str, list[str]]] = {
@@ -57,6 +61,7 @@ MATRIX: dict[str, tuple[str, list[str]]] = {
     ),
     "uwsgi --processes 3 (no master)": ("uwsgi", ["--processes", "3"]),
     "waitress": ("waitress", ["--threads=4"]),
+    "gunicorn -k sync -w 3, signed": ("gunicorn", ["-k", "sync", "-w", "3"]),
 }
 
 ELECT_TIMEOUT = 300
@@ -89,6 +94,9 @@ class MatrixResult:
     ledger_entries: int = 0
     ledger_violations: list[str] = field(default_factory=list)
     shortest_gap_ms: float | None = None
+    #: Signed rounds: the cluster page's view of the other nodes (signed status
+    #: reads that land on any worker), ``{node: [peers it could not read]}``.
+    unreadable: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _leader_answer(cluster: LocalCluster, node_id: str) -> tuple[str, int, Any]:
@@ -122,7 +130,24 @@ def check_agreement(cluster: LocalCluster, leader: LeaderView, result: MatrixRes
     result.workers = {node_id: len(found) for node_id, found in sorted(pids.items())}
 
 
-def run_round(server: str, server_args: list[str], state_dir: Path | None = None) -> MatrixResult:
+def check_signed_reads(cluster: LocalCluster, result: MatrixResult) -> None:
+    """Each node's cluster page reads every other node's status with a signed
+    request: it must find them all reachable, whichever worker answers."""
+    for node_id in cluster.nodes:
+        for _ in range(5):
+            answer = cluster.get(node_id, "/jobs", timeout=5)
+            assert answer is not None and answer[0] == 200
+            url = cluster.nodes[node_id].address + "/"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                page = response.read().decode()
+            errors = re.findall(r"<td>no: ([^<]*)</td>", page)
+            if errors:
+                result.unreadable.setdefault(node_id, []).extend(errors)
+
+
+def run_round(
+    server: str, server_args: list[str], state_dir: Path | None = None, *, signed: bool = False
+) -> MatrixResult:
     result = MatrixResult()
     with LocalCluster(
         3,
@@ -133,10 +158,13 @@ def run_round(server: str, server_args: list[str], state_dir: Path | None = None
         server_args=server_args,
         state_dir=state_dir,
         log_level="WARNING",
+        node_args=["--secret", SECRET] if signed else [],
     ) as cluster:
         cluster.start(timeout=60)
         leader = cluster.wait_for_leader(20)
         check_agreement(cluster, leader, result)
+        if signed:
+            check_signed_reads(cluster, result)
         time.sleep(0.5)
         killed_at = cluster.kill(leader.id)
         new = cluster.wait_for_leader(20, exclude=[leader.id], min_term=leader.term + 1)
@@ -154,6 +182,7 @@ def run_round(server: str, server_args: list[str], state_dir: Path | None = None
 def assert_round(result: MatrixResult) -> None:
     assert result.requests >= AGREEMENT_REQUESTS
     assert result.disagreements == [], result.disagreements[:5]
+    assert result.unreadable == {}, result.unreadable
     assert result.ledger_violations == [], result.ledger_violations[:5]
     assert result.ledger_entries >= 5, "the leader-only job did not run"
     assert result.shortest_gap_ms is not None and result.shortest_gap_ms >= JOB_INTERVAL / 2, (
@@ -167,7 +196,7 @@ def test_server(name: str) -> None:
     reason = server_available(server)
     if reason is not None:
         pytest.skip(reason)
-    assert_round(run_round(server, args))
+    assert_round(run_round(server, args, signed=name.endswith("signed")))
 
 
 # -- the long run ------------------------------------------------------------------------------
@@ -212,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: skipped: {reason}", flush=True)
             continue
         for _ in range(args.rounds):
-            result = run_round(server, server_args)
+            result = run_round(server, server_args, signed=name.endswith("signed"))
             results.setdefault(name, []).append(result)
             try:
                 assert_round(result)
