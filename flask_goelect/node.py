@@ -185,7 +185,12 @@ class MemberView:
 
     def _live_record(self) -> NodeRecord | None:
         record = self._record.read()
-        if record is None or record.snapshot.node_id != self._runner.settings.node_id:
+        if (
+            record is None
+            or record.snapshot.node_id != self._runner.settings.node_id
+            # Left from an earlier boot: its lease is a time on another boot's clock.
+            or not record.this_boot
+        ):
             return None
         return record
 

@@ -27,14 +27,16 @@ import mmap
 import os
 import struct
 import threading
+import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import clock
 from .state import Snapshot, State
 
-__all__ = ["RECORD_SIZE", "NodeRecord", "SharedRecord", "record_path"]
+__all__ = ["BOOT_ID", "RECORD_SIZE", "NodeRecord", "SharedRecord", "record_path"]
 
 #: The size of the record file: room for a snapshot with many tags and peers.
 RECORD_SIZE = 64 * 1024
@@ -45,6 +47,36 @@ _SEQ = struct.Struct("<Q")
 _SEQ_OFFSET = 8
 _MAX_PAYLOAD = RECORD_SIZE - _HEADER.size
 _RETRIES = 1000
+
+
+def _boot_id() -> str:
+    """This boot of the machine.
+
+    On Linux, the kernel's random boot id. Elsewhere, the wall-clock time at
+    which the monotonic clock started, to the second (``origin:<seconds>``):
+    it moves only as much as the wall clock is stepped, and a reboot moves it
+    by the whole time the machine was down and booting.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return f"origin:{time.time() - clock.now():.0f}"
+
+
+#: How far two ``origin:`` boot ids may be apart and still be the same boot.
+_ORIGIN_TOLERANCE = 30.0
+
+
+def same_boot(a: str, b: str) -> bool:
+    """Whether two boot ids name the same boot of the machine."""
+    if a.startswith("origin:") and b.startswith("origin:"):
+        return abs(float(a[7:]) - float(b[7:])) < _ORIGIN_TOLERANCE
+    return bool(a) and a == b
+
+
+#: This boot of the machine: a record's times are only read on the boot that wrote them.
+BOOT_ID = _boot_id()
 
 
 def record_path(state_file: str | os.PathLike[str]) -> Path:
@@ -62,7 +94,9 @@ class NodeRecord:
     the node (the node keeps its role and lease meanwhile); ``address`` is
     where it answers the node's other processes (:mod:`flask_goelect.local`);
     ``stepping_down`` is true while a stopping leader drains its load balancer
-    (``GOELECT_HANDOVER_DRAIN``).
+    (``GOELECT_HANDOVER_DRAIN``); ``boot`` identifies the machine's boot it was
+    written in (its lease is a time on that boot's clock: a record left from an
+    earlier boot must not be taken for a lease).
     """
 
     snapshot: Snapshot
@@ -71,6 +105,7 @@ class NodeRecord:
     handoff: bool = False
     address: str = ""
     stepping_down: bool = False
+    boot: str = field(default_factory=lambda: BOOT_ID)
 
     def to_json(self) -> dict[str, Any]:
         s = self.snapshot
@@ -89,6 +124,7 @@ class NodeRecord:
             "handoff": self.handoff,
             "address": self.address,
             "stepping_down": self.stepping_down,
+            "boot": self.boot,
         }
 
     @classmethod
@@ -111,7 +147,13 @@ class NodeRecord:
             bool(data["handoff"]),
             str(data.get("address", "")),
             bool(data.get("stepping_down", False)),
+            str(data.get("boot", "")),
         )
+
+    @property
+    def this_boot(self) -> bool:
+        """Whether it was written since the machine last booted (its times mean something)."""
+        return same_boot(self.boot, BOOT_ID)
 
 
 class SharedRecord:
