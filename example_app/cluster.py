@@ -5,6 +5,7 @@ Run from the repository root::
     python -m example_app.cluster --nodes 3            # run until Ctrl-C
     python -m example_app.cluster --nodes 3 --demo     # failover and hand-over, measured
     python -m example_app.cluster --nodes 3 --observers 2   # and two no-vote nodes
+    python -m example_app.cluster --demo --server gunicorn --workers 3   # 3 workers per node
 
 Every leadership change is printed as it happens. With ``--demo`` the launcher
 waits for a leader, SIGKILLs it and measures the time without a leader, restarts
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from goelect_harness.cluster import ClusterError, Event, LocalCluster
+from goelect_harness.cluster import SERVERS, ClusterError, Event, LocalCluster
 
 from .ledger import check_ledger
 
@@ -119,7 +120,27 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="DIR",
         help="keep state, logs and the ledger here (default: a temporary folder, removed)",
     )
+    parser.add_argument(
+        "--server",
+        choices=SERVERS,
+        default="pywsgi",
+        help="what serves each node: pywsgi (python -m example_app, one process), gunicorn"
+        " (gevent workers), uwsgi (a master and its processes), waitress or flask (flask run)"
+        " (default pywsgi)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes per node, for gunicorn and uwsgi (default 3): they share"
+        " one elector",
+    )
     args = parser.parse_args(argv)
+    if args.workers is not None and args.server not in ("gunicorn", "uwsgi"):
+        parser.error("--workers goes with --server gunicorn or --server uwsgi")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
     if args.nodes < 1:
         parser.error("--nodes must be at least 1")
     if args.observers < 0:
@@ -127,6 +148,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.demo and args.nodes < 2:
         parser.error("--demo needs at least 2 nodes (3 to survive a failure)")
     return args
+
+
+def server_args(server: str, workers: int | None) -> list[str]:
+    """The options that give each node ``workers`` processes under ``server``."""
+    count = str(workers or 3)
+    if server == "gunicorn":
+        return ["-k", "gevent", "-w", count]
+    if server == "uwsgi":
+        return ["--master", "--processes", count]
+    return []
 
 
 def _ms(seconds: float) -> str:
@@ -227,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_interval=args.heartbeat_interval,
         job_interval=args.job_interval,
         state_dir=args.state_dir,
+        server=args.server,
+        server_args=server_args(args.server, args.workers),
     )
     printer = _Printer(lambda: cluster.t0)
     cluster.on_event = printer
