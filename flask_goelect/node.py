@@ -40,6 +40,7 @@ import importlib
 import itertools
 import logging
 import os
+import ssl
 import sys
 import threading
 import time
@@ -76,7 +77,15 @@ if TYPE_CHECKING:
 
     from .transport import HttpTransport
 
-__all__ = ["MemberView", "NodeRunner", "Role", "make_transport", "prefork_master", "tls_session"]
+__all__ = [
+    "MemberView",
+    "NodeRunner",
+    "Role",
+    "make_transport",
+    "prefork_master",
+    "tls_context",
+    "tls_session",
+]
 
 _log = logging.getLogger("flask_goelect")
 
@@ -99,6 +108,23 @@ def tls_session(settings: Settings) -> requests.Session:
     return session
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """The TLS settings of the RPCs to ``https://`` peers: this node's CA bundle
+    (or the system's trust store) and client certificate."""
+    ca = settings.tls_ca
+    if ca is not None and os.path.isdir(ca):
+        context = ssl.create_default_context(capath=ca)
+    else:
+        context = ssl.create_default_context(cafile=ca)
+    if settings.tls_cert:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+def _any_https(settings: Settings) -> bool:
+    return any(p.address.startswith("https://") for p in settings.election.peers)
+
+
 def make_transport(
     settings: Settings, signer: auth.RequestSigner, url_prefix: str
 ) -> HttpTransport:
@@ -110,6 +136,10 @@ def make_transport(
         url_prefix=url_prefix,
         session_factory=functools.partial(tls_session, settings),
         signer=signer,
+        # Loaded once, and only for https:// peers (a CA file that no peer needs
+        # is not read, as before).
+        ssl_context=tls_context(settings) if _any_https(settings) else None,
+        lean=True,
     )
 
 

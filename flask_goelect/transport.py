@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 import weakref
 from collections import Counter
@@ -44,6 +45,7 @@ from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import ConnectionPool, HTTPConnectionPool
 
 from . import _hooks, core, messages
+from ._httpclient import HttpError, RpcClient
 from .auth import AuthError, RequestSigner
 from .messages import Reply, Request
 
@@ -306,7 +308,8 @@ class _PeerAdapter(HTTPAdapter):
 
 
 class HttpTransport:
-    """Calls peers over HTTP with ``requests``: one ``Session`` per peer, no retries.
+    """Calls peers over HTTP: the RPCs through a lean client on kept-alive sockets,
+    status queries with ``requests`` (one ``Session`` per peer); no retries.
 
     :param url_prefix: where the peers mounted the election routes
         (``GOELECT_URL_PREFIX``, default ``/_goelect``).
@@ -317,6 +320,12 @@ class HttpTransport:
     :param trust_env: whether sessions read proxy and ``.netrc`` settings from the
         environment. Off by default: traffic between replicas should go direct,
         and reading ``~/.netrc`` on every heartbeat costs CPU.
+    :param ssl_context: the TLS settings of the lean client for ``https://`` peers
+        (default: the system's trust store).
+    :param lean: send the RPCs through :class:`~flask_goelect._httpclient.RpcClient`
+        (a fifth of the CPU of ``requests``); default: unless ``session_factory``
+        is given (its sessions' headers, auth and adapters then apply to the RPCs
+        too). Status queries always go through ``requests``.
     :param signer: signs every request and checks the signature of every reply
         (:mod:`flask_goelect.auth`); an unsigned or forged reply is a
         :class:`TransportError`. Without one, requests go unsigned.
@@ -339,6 +348,8 @@ class HttpTransport:
         session_factory: Callable[[], requests.Session] = requests.Session,
         trust_env: bool = False,
         signer: RequestSigner | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        lean: bool | None = None,
     ) -> None:
         if url_prefix and not url_prefix.startswith("/"):
             raise ValueError(f"url_prefix must start with '/', not {url_prefix!r}")
@@ -346,6 +357,13 @@ class HttpTransport:
         self._session_factory = session_factory
         self._trust_env = trust_env
         self._signer = signer
+        self._ssl_context = ssl_context
+        # RPCs through the lean client (see _httpclient), unless proxies from the
+        # environment apply or a session of the caller's must carry them.
+        if lean is None:
+            lean = session_factory is requests.Session
+        self.lean = lean and not trust_env
+        self._clients: dict[str, RpcClient] = {}
         self._links: dict[str, _PeerLink] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -367,7 +385,10 @@ class HttpTransport:
         else:
             body = json.dumps(messages.to_wire(msg), separators=(",", ":")).encode()
             self._encoded = (msg, body)
-        data = self._exchange(peer, "POST", f"/rpc/{kind}", body, timeout)
+        if self.lean:
+            data = self._rpc(peer, f"/rpc/{kind}", body, timeout)
+        else:
+            data = self._exchange(peer, "POST", f"/rpc/{kind}", body, timeout)
         reply_type: Any = messages.REPLY_FOR[type(msg)]
         try:
             reply: object = messages.from_wire(reply_type, data)
@@ -394,8 +415,11 @@ class HttpTransport:
         lookup also starts gevent's resolver thread pool (10-20 ms, once).
         The runner calls it for each peer when it starts.
         """
-        for kind in RPC_KINDS.values():
-            self._route(peer, "POST", f"/rpc/{kind}")
+        if self.lean:
+            self._client(peer)
+        else:
+            for kind in RPC_KINDS.values():
+                self._route(peer, "POST", f"/rpc/{kind}")
         url = urllib3.util.parse_url(peer.address)
         port = url.port or (443 if url.scheme == "https" else 80)
         if url.host:
@@ -407,12 +431,67 @@ class HttpTransport:
         with self._lock:
             self._closed = True
             links, self._links = self._links, {}
+            clients, self._clients = self._clients, {}
         for link in links.values():
             link.session.close()
+        for client in clients.values():
+            client.close()
 
-    # The one place where a request leaves and a reply comes back: the request
-    # is signed here (one signature per peer: the recipient is part of it), and
-    # the reply's signature is checked here, before the reply is parsed.
+    def _client(self, peer: core.Peer) -> RpcClient:
+        """The peer's lean client, made on first use (and again if its address changed)."""
+        with self._lock:
+            if self._closed:
+                raise TransportError(f"cannot reach peer {peer.id!r}: the transport is closed")
+            client = self._clients.get(peer.id)
+            if client is None or client.base_url != peer.address:
+                if client is not None:
+                    client.close()
+                try:
+                    client = RpcClient(
+                        peer.address, ssl_context=self._ssl_context, max_body=MAX_REPLY_BYTES
+                    )
+                except ValueError as exc:
+                    raise TransportError(f"peer {peer.id!r}: {exc}") from None
+                self._clients[peer.id] = client
+            return client
+
+    # The places where a request leaves and a reply comes back (_rpc for the RPCs,
+    # _exchange for the status): the request is signed there (one signature per
+    # peer: the recipient is part of it), and the reply's signature is checked
+    # there, before the reply is parsed.
+    def _rpc(self, peer: core.Peer, path: str, body: bytes, timeout: Timeout) -> object:
+        client = self._client(peer)
+        what = f"peer {peer.id!r} at {peer.address.rstrip('/')}{self.url_prefix}{path}"
+        headers: dict[str, str] = {}
+        signer = self._signer
+        nonce = ""
+        if signer is not None:
+            headers, nonce = signer.request_headers("POST", self.url_prefix + path, peer.id, body)
+        try:
+            reply = client.call("POST", self.url_prefix + path, body, headers, timeout)
+        except HttpError as exc:
+            if exc.kind == "timeout":
+                raise TransportError(f"{what}: no reply within {timeout[1]:g}s") from None
+            if exc.kind == "connect" and "no connection within" in str(exc):
+                raise TransportError(f"{what}: no connection within {timeout[0]:g}s") from None
+            if exc.kind == "protocol" and "too large" in str(exc):
+                raise TransportError(f"{what} sent {exc}") from None
+            raise TransportError(f"{what} is unreachable: {exc}") from None
+        if not 200 <= reply.status < 300:
+            text = " ".join(reply.body[:200].decode("utf-8", "replace").split())
+            raise TransportError(f"{what} answered HTTP {reply.status}: {text or '(no body)'}")
+        if signer is not None:
+            try:
+                signer.verify_reply(
+                    peer.id, nonce, reply.status, CaseInsensitiveDict(reply.headers), reply.body
+                )
+            except AuthError as exc:
+                raise TransportError(f"{what}: {exc.message}") from None
+        try:
+            return json.loads(reply.body)
+        except ValueError:
+            raise TransportError(f"{what} sent a reply that is not JSON") from None
+
     def _exchange(
         self, peer: core.Peer, method: str, path: str, body: bytes | None, timeout: Timeout
     ) -> object:
@@ -511,6 +590,10 @@ class HttpTransport:
     def _after_fork_in_child(self) -> None:
         # The sessions' sockets are shared with the parent: never use them here.
         self._lock = threading.Lock()
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            with contextlib.suppress(Exception):
+                client.close()  # this process's copies of the descriptors only
         links, self._links = self._links, {}
         for link in links.values():
             # Closes this process's copies of the descriptors only; best effort.
