@@ -22,10 +22,13 @@ The rules, and where they come from (Raft paper §5, Ongaro's thesis §§3, 6, 9
   in term+1?" without anyone changing term, and campaigns only with a majority.
 * Leader stickiness (thesis §4.2.3, §6.4): a node that heard from a live leader
   less than ``T`` ago refuses votes and pre-votes and does not let them raise its
-  term. A restarted node keeps that promise: it grants nothing until ``T`` after
-  it starts (unless it has never taken part in any term).
-* Check quorum (thesis §6.2): a leader that has no heartbeat reply from a
-  majority (itself included) within ``T`` steps down.
+  term. Every start keeps that promise, whatever the term on disk: a node grants
+  nothing at all, not even a transfer's vote, until ``T`` after it starts, since
+  it cannot tell a fresh disk from a lost one.
+* Check quorum (thesis §6.2): a leader steps down when no heartbeat round it
+  sent within the last ``T × (1 − drift)`` has been acknowledged by a majority
+  (itself included): the bound and the clock of the lease, so that a leader that
+  can no longer hold a lease does not stay leader.
 * Leader lease (thesis §6.4.1): the leader holds a lease until the *send* time of
   the newest heartbeat round acknowledged by a majority plus ``T × (1 − drift)``.
   Each voter that acknowledged promised (by stickiness) not to vote for anyone
@@ -304,6 +307,8 @@ class Node:
         self._members = frozenset(p.id for p in config.peers)
         self._others = tuple(p.id for p in config.peers if p.id != self.id)
         self._other_voters = tuple(v for v in self._others if v in config.voters)
+        # The lease is shortened by the drift bound; check quorum uses the same bound.
+        self._lease_span = self._T * (1.0 - config.max_drift)
         me = config.peer(self.id)
         assert me is not None
         self._me = me
@@ -317,10 +322,13 @@ class Node:
         # a heartbeat at time r, this node grants no vote or pre-vote to anyone
         # before r + T, whatever terms it sees meanwhile (forgetting the promise on
         # a term change would let a majority elect a new leader inside the old
-        # leader's lease). A restarted node cannot know when it last promised, so
-        # it keeps the promise for T from its start; a node that never took part
-        # in a term (term 0 on disk) has made no promise.
-        self._promise_until = now + self._T if state.term > 0 else now
+        # leader's lease). A started node cannot know when it last promised, nor
+        # whether its disk is new or was lost (a container without a volume starts
+        # at term 0 after acking a leader), so every start keeps the promise for T,
+        # and refuses even a transfer's vote meanwhile: it cannot know whether the
+        # leader it promised is the one handing over.
+        self._promise_until = now + self._T
+        self._started_until = now + self._T
         self._election_deadline = 0.0
         self._reset_election_timer(now)
         # Campaign state.
@@ -338,12 +346,29 @@ class Node:
         self.last_contact: dict[str, float] = {}
         self._out = Output()
         self._now = now
+        #: How this node started, in words for the log: the promise it keeps.
+        self.start_reason = (
+            f"grants no vote until {self._T:g}s after its start: it cannot know"
+            " whether it promised a leader before"
+        )
 
     # -- queries ---------------------------------------------------------------
 
     def is_leader(self, now: float) -> bool:
         """True only while this node leads and holds a valid lease at ``now``."""
         return self.role is Role.LEADER and now < self.lease_until
+
+    @property
+    def promise_until(self) -> float:
+        """Before this time this node grants no vote and no pre-vote to anyone.
+
+        It is ``T`` after the last heartbeat it accepted or after its start,
+        whichever is later; only a leadership transfer's vote may be granted
+        before it, and not in the first ``T`` after a start. The leader's lease
+        rests on it: every voter that acknowledged the round a lease counts from
+        holds a promise that outlasts the lease.
+        """
+        return self._promise_until
 
     @property
     def leader(self) -> LeaderInfo | None:
@@ -389,10 +414,11 @@ class Node:
             return self._end()
         self.last_contact[msg.sender] = now
         if msg.term > self.term:
-            if isinstance(msg, VoteRequest) and not msg.transfer and self._in_lease(now):
+            refusal = self._sticky_refusal(msg, now) if isinstance(msg, VoteRequest) else None
+            if isinstance(msg, VoteRequest) and refusal is not None:
                 # Thesis §4.2.3: a node that hears from a live leader ignores a
                 # disruptive candidate entirely, without adopting its term.
-                self._reject(msg, "a live leader is known")
+                self._reject(msg, refusal)
                 return self._end()
             if isinstance(msg, VoteRequest) and msg.pre_vote:
                 pass  # a pre-vote never changes the receiver's term (thesis §9.6)
@@ -447,6 +473,17 @@ class Node:
 
     # -- handlers --------------------------------------------------------------
 
+    def _sticky_refusal(self, msg: VoteRequest, now: float) -> str | None:
+        """Why the promise forbids granting this vote or pre-vote at ``now`` (None: it does not)."""
+        if now < self._started_until:
+            return (
+                f"started {now - (self._started_until - self._T):.3f}s ago: grants no vote"
+                f" until {self._T:g}s after its start (it may have promised a leader before)"
+            )
+        if not msg.transfer and self._in_lease(now):
+            return "a live leader is known"
+        return None
+
     def _on_vote_request(self, msg: VoteRequest) -> None:
         now = self._now
         if not self._voter:
@@ -464,8 +501,9 @@ class Node:
                 self._reject(msg, f"pre-vote term {msg.term} is not after {self.term}")
             return
         # A real vote: msg.term == self.term here (a higher term made us follow it).
-        if not msg.transfer and self._in_lease(now):
-            self._reject(msg, "a live leader is known")
+        refusal = self._sticky_refusal(msg, now)
+        if refusal is not None:
+            self._reject(msg, refusal)
             return
         if self._can_grant(msg.sender):
             self.voted_for = msg.sender
@@ -524,7 +562,14 @@ class Node:
     def _on_heartbeat_reply(self, msg: HeartbeatReply) -> None:
         if self.role is not Role.LEADER or not msg.success:
             return
-        self._last_ack[msg.sender] = self._now
+        sent = self._round_sent.get(msg.seq)
+        if sent is None:
+            return  # a round sent over T ago (or never): it can extend nothing
+        # Check quorum counts an ack by when its round was sent, as the lease
+        # does: counted by arrival, replies that keep arriving between T(1-drift)
+        # and T after their round would keep a leader that can never hold a lease.
+        if sent > self._last_ack.get(msg.sender, -math.inf):
+            self._last_ack[msg.sender] = sent
         if msg.sender in self._voters and msg.seq > self._acked_seq.get(msg.sender, 0):
             self._acked_seq[msg.sender] = msg.seq
             if msg.seq > self._lease_seq:
@@ -554,7 +599,7 @@ class Node:
         sent = self._round_sent.get(seq)
         if sent is not None and seq > self._lease_seq:
             self._lease_seq = seq
-            until = self._lease_base(seq, sent) + self._T * (1.0 - self.config.max_drift)
+            until = self._lease_base(seq, sent) + self._lease_span
             if until > self.lease_until:
                 self.lease_until = until
 
@@ -563,10 +608,13 @@ class Node:
         return sent
 
     def _has_quorum_contact(self, now: float) -> bool:
-        """Check quorum (thesis §6.2): replies from a majority within the last T."""
+        """Check quorum (thesis §6.2): a majority acked a round sent within T(1 - drift).
+
+        The grace of T after becoming leader lets the first rounds be answered.
+        """
         if now - self._leader_since < self._T:
             return True
-        since = now - self._T
+        since = now - self._lease_span
         recent = 1 + sum(1 for v in self._other_voters if self._last_ack.get(v, -math.inf) >= since)
         return recent >= self._quorum
 

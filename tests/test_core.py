@@ -18,6 +18,7 @@ from flask_goelect.core import (
     HardState,
     Node,
     NotLeaderError,
+    Output,
     Peer,
     Role,
     TransferError,
@@ -99,21 +100,22 @@ def test_terms_never_decrease_under_random_messages() -> None:
 def test_goelect_fault_one_vote_per_term() -> None:
     """§5.2, goelect fault "votedFor is written but never read": one vote per term."""
     node = fresh()
-    out = node.step(VoteRequest("b", 1), 0.0)
+    out = node.step(VoteRequest("b", 1), T)  # T: past the promise of its start
     assert isinstance(out.reply, VoteReply) and out.reply.granted
     # The vote is in the same output as the reply: persisted before it leaves.
     assert out.persist == HardState(1, "b")
-    out = node.step(VoteRequest("c", 1), 0.0)
+    out = node.step(VoteRequest("c", 1), T)
     assert isinstance(out.reply, VoteReply) and not out.reply.granted
     assert node.voted_for == "b"
     # Asking again for the same candidate is answered the same (a retry).
-    out = node.step(VoteRequest("b", 1), 0.0)
+    out = node.step(VoteRequest("b", 1), T)
     assert isinstance(out.reply, VoteReply) and out.reply.granted
 
 
 def test_vote_survives_restart() -> None:
     """§5.2 and goelect fault "term and vote are not persisted"."""
     net = Net()
+    net.now = T  # past the promise of the first start
     net.step("a", VoteRequest("b", 1))
     assert net.stored["a"] == HardState(1, "b")
     net.crash("a")
@@ -266,10 +268,37 @@ def test_restarted_node_keeps_promises_for_T() -> None:
     assert isinstance(out.reply, VoteReply) and out.reply.granted
 
 
-def test_brand_new_node_has_no_promise_to_keep() -> None:
+def test_every_start_keeps_the_promise_even_at_term_0() -> None:
+    """Issue 10: a node cannot tell a fresh disk from a lost one, so term 0 waits T too."""
     node = Node(make_config("b", "abc"), HardState(), now=100.0, rng=random.Random(1))
-    out = node.step(VoteRequest("c", 1), 100.0)
+    assert node.promise_until == 100.0 + T
+    assert "after its start" in node.start_reason
+    for transfer in (False, True):  # not even a transfer's vote: which leader hands over?
+        out = node.step(VoteRequest("c", 1, transfer=transfer), 100.0 + 0.99 * T)
+        assert isinstance(out.reply, VoteReply) and not out.reply.granted
+        assert "after its start" in out.reply.reason
+        assert node.term == 0 and node.voted_for is None and out.persist is None
+    out = node.step(VoteRequest("c", 1, pre_vote=True), 100.0 + 0.99 * T)
+    assert isinstance(out.reply, VoteReply) and not out.reply.granted
+    out = node.step(VoteRequest("c", 1), 100.0 + T)
     assert isinstance(out.reply, VoteReply) and out.reply.granted
+
+
+def test_follower_restarted_on_an_empty_disk_does_not_elect_a_second_leader() -> None:
+    """Issue 10: a follower counted in the lease loses its disk (a container without
+    a volume) and restarts at term 0: it must not help elect a leader inside the lease."""
+    net = Net()
+    net.elect("a")
+    a, now = net.nodes["a"], net.now
+    assert a.is_leader(now)
+    net.crash("b")
+    net.stored["b"] = HardState()  # the state file is gone
+    b = net.restart("b")
+    # c, cut off from a, campaigns at once (its pre-vote and vote go to b).
+    for pre_vote in (True, False):
+        out = b.step(VoteRequest("c", 2, pre_vote=pre_vote), now)
+        assert isinstance(out.reply, VoteReply) and not out.reply.granted
+    assert b.term == 0 and b.voted_for is None and a.is_leader(now)
 
 
 # -- thesis §6.2 check quorum -----------------------------------------------------
@@ -295,6 +324,50 @@ def test_leader_with_majority_stays() -> None:
     net.cut |= {("a", "d"), ("d", "a"), ("a", "e"), ("e", "a")}
     net.advance(20 * T)
     assert net.leaders() == ["a"] and net.nodes["a"].term == 1
+
+
+@pytest.mark.parametrize(("reply_delay", "stays"), [(0.5, True), (0.995, False)])
+def test_check_quorum_counts_an_ack_by_its_rounds_send_time(
+    reply_delay: float, stays: bool
+) -> None:
+    """Issue 10: replies that keep arriving between T(1 - drift) and T after their
+    round was sent give no lease (it counts from the send time); counted by arrival
+    they kept the leader from stepping down, and the followers, hearing heartbeats,
+    never timed out: a leader nobody could use, for ever."""
+    ids = "abc"
+    nodes = {i: Node(make_config(i, ids), HardState(), now=0.0, rng=random.Random(i)) for i in ids}
+    a = nodes["a"]
+    t = a.next_deadline()
+    a.tick(t)  # a asks for pre-votes, b grants them and then its vote
+    a.step(VoteReply("b", 1, True, pre_vote=True), t)
+    out = a.step(VoteReply("b", 1, True), t)
+    assert a.role is Role.LEADER
+    elected = t
+    pending: list[tuple[float, HeartbeatReply]] = []
+    leader_until, held_lease = elected, False
+    while t < elected + 10 * T:
+        for to, msg in out.messages:
+            reply = nodes[to].step(msg, t).reply  # heartbeats arrive at once...
+            assert isinstance(reply, HeartbeatReply)
+            pending.append((t + reply_delay * T, reply))  # ...their replies late
+        t = round(t + 0.01, 6)
+        for i in "bc":
+            assert nodes[i].next_deadline() > t, "a follower timed out while a heartbeats"
+        out = a.tick(t) if a.role is Role.LEADER and a.next_deadline() <= t else Output()
+        for due in [p for p in pending if p[0] <= t]:
+            pending.remove(due)
+            a.step(due[1], t)
+        if a.role is not Role.LEADER:
+            break
+        leader_until, held_lease = t, held_lease or a.is_leader(t)
+    assert held_lease is stays
+    if stays:
+        assert a.role is Role.LEADER
+    else:
+        assert a.role is Role.FOLLOWER
+        # Past the grace of T, at the first tick once no majority-acked round is
+        # younger than T(1 - drift).
+        assert leader_until - elected <= T + 2 * HB
 
 
 # -- thesis §6.4.1 leader lease ---------------------------------------------------
@@ -398,8 +471,9 @@ def test_timeout_now_only_from_the_current_leader() -> None:
 def test_transfer_campaign_still_needs_a_free_vote() -> None:
     """A transfer bypasses stickiness, never the one-vote-per-term rule."""
     node = fresh("b")
-    node.step(VoteRequest("a", 3, transfer=True), 0.0)
-    out = node.step(VoteRequest("c", 3, transfer=True), 0.0)
+    out = node.step(VoteRequest("a", 3, transfer=True), T)
+    assert isinstance(out.reply, VoteReply) and out.reply.granted
+    out = node.step(VoteRequest("c", 3, transfer=True), T)
     assert isinstance(out.reply, VoteReply) and not out.reply.granted
 
 

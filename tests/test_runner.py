@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from core_net import started_long_ago
 from test_transport import ServerThread, black_hole, rpc_app
 
 from flask_goelect import core
@@ -345,7 +346,8 @@ def test_reply_waits_for_the_vote_to_be_saved(cluster):
     storage = BlockingStorage()
     elector = Elector(config("n1", tuple(core.Peer(i) for i in IDS), t=2.0), storage, cluster.net)
     cluster.electors["n1"] = elector
-    elector.start()
+    with started_long_ago():  # its promise of a start would refuse the vote
+        elector.start()
     replies: list[Reply] = []
     thread = threading.Thread(target=lambda: replies.append(elector.handle(VoteRequest("n2", 1))))
     thread.start()
@@ -370,7 +372,8 @@ def test_failed_save_stops_the_node_without_answering(cluster):
         config("n1", tuple(core.Peer(i) for i in IDS), t=2.0), FailingStorage(), cluster.net
     )
     cluster.electors["n1"] = elector
-    elector.start()
+    with started_long_ago():
+        elector.start()
     with pytest.raises(OSError, match="No space"):
         elector.handle(VoteRequest("n2", 1))
     assert not elector.running and elector.snapshot.state == "stopped"

@@ -68,7 +68,7 @@ class ForgetsPromiseOnRestart(Node):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._promise_until = kwargs["now"]
+        self._promise_until = self._started_until = kwargs["now"]
 
 
 class TransferKeepsLease(Node):
