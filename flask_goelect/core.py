@@ -40,6 +40,10 @@ The rules, and where they come from (Raft paper §5, Ongaro's thesis §§3, 6, 9
 * No-vote nodes (observers) follow the leader, never vote, never campaign and
   never count in a quorum. The quorum is ``voters // 2 + 1`` over the configured
   voters, this node included when it is a voter.
+* Every request carries the fingerprint of its sender's voter set; a node
+  refuses (raises :class:`VoterSetMismatch`, changing nothing) a request whose
+  fingerprint differs from its own: nodes that count different majorities must
+  not count each other (``docs/membership.md``).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from .messages import (
     VoteRequest,
     validate_node_id,
     validate_tags,
+    voter_set_fingerprint,
 )
 
 __all__ = [
@@ -76,7 +81,11 @@ __all__ = [
     "Role",
     "Transition",
     "TransferError",
+    "VoterSetMismatch",
 ]
+
+
+_REQUESTS = (VoteRequest, Heartbeat, TimeoutNow)
 
 
 class ConfigError(ValueError):
@@ -98,6 +107,35 @@ class NotLeaderError(RuntimeError):
 
 class TransferError(RuntimeError):
     """A leadership transfer cannot be started (no eligible target)."""
+
+
+class VoterSetMismatch(Exception):
+    """A request came from a node configured with another voter set; nothing changed.
+
+    Two nodes that disagree on who votes count different majorities, and two
+    majorities that do not overlap can elect two leaders in one term. The node
+    refuses the request before reading anything else in it; the caller answers
+    with an error (over HTTP: 409 ``voter_set_mismatch``). ``theirs`` and
+    ``ours`` are the two fingerprints.
+    """
+
+    def __init__(self, node_id: str, sender: str, theirs: str, ours: str) -> None:
+        self.node_id = node_id
+        self.sender = sender
+        self.theirs = theirs
+        self.ours = ours
+        super().__init__(
+            f"node {sender!r} counts another voter set ({_count(theirs)}, fingerprint"
+            f" {theirs}) than node {node_id!r} ({_count(ours)}, fingerprint {ours}):"
+            " the nodes would count different majorities, so they refuse each other."
+            " Give both nodes the same peer list and the same novote flags; to change"
+            " who votes, see docs/membership.md"
+        )
+
+
+def _count(fingerprint: str) -> str:
+    voters = fingerprint.partition(":")[0]
+    return f"{voters} voter{'' if voters == '1' else 's'}"
 
 
 class Role(str, enum.Enum):
@@ -234,6 +272,17 @@ class Config:
                 "the cluster has no voters; at least one node must vote", field="novote"
             )
         object.__setattr__(self, "_voters", voters)
+        object.__setattr__(self, "_fingerprint", voter_set_fingerprint(voters))
+
+    @property
+    def voter_set_fingerprint(self) -> str:
+        """The fingerprint of :attr:`voters` that every request carries (``"3:9f86d0..."``).
+
+        Nodes with different fingerprints refuse each other's requests. Observers
+        are not part of it.
+        """
+        fingerprint: str = getattr(self, "_fingerprint")  # noqa: B009 - set in __post_init__
+        return fingerprint
 
     @property
     def voters(self) -> frozenset[str]:
@@ -307,6 +356,7 @@ class Node:
         self._members = frozenset(p.id for p in config.peers)
         self._others = tuple(p.id for p in config.peers if p.id != self.id)
         self._other_voters = tuple(v for v in self._others if v in config.voters)
+        self._fingerprint = config.voter_set_fingerprint
         # The lease is shortened by the drift bound; check quorum uses the same bound.
         self._lease_span = self._T * (1.0 - config.max_drift)
         me = config.peer(self.id)
@@ -405,7 +455,13 @@ class Node:
         return self._end()
 
     def step(self, msg: Request | Reply, now: float) -> Output:
-        """Handle one message from a peer; a request's answer is in ``output.reply``."""
+        """Handle one message from a peer; a request's answer is in ``output.reply``.
+
+        :raises VoterSetMismatch: the request states another voter set than this
+            node's; nothing changed and there is no reply to send.
+        """
+        if isinstance(msg, _REQUESTS) and msg.voter_set != self._fingerprint:
+            self._check_voter_set(msg)
         self._begin(now)
         if msg.sender == self.id or msg.sender not in self._members:
             # Not a member (or ourselves): answer requests without touching any state.
@@ -468,10 +524,15 @@ class Node:
         self._begin(now)
         self.lease_until = 0.0
         self._become_follower(self.term, None, f"transferring leadership to {target}")
-        self._send(target, TimeoutNow(self.id, self.term))
+        self._send(target, TimeoutNow(self.id, self.term, self._fingerprint))
         return self._end()
 
     # -- handlers --------------------------------------------------------------
+
+    def _check_voter_set(self, msg: Request) -> None:
+        """Refuse a request whose sender counts another voter set (it states one)."""
+        if msg.voter_set and msg.voter_set != self._fingerprint:
+            raise VoterSetMismatch(self.id, msg.sender, msg.voter_set, self._fingerprint)
 
     def _sticky_refusal(self, msg: VoteRequest, now: float) -> str | None:
         """Why the promise forbids granting this vote or pre-vote at ``now`` (None: it does not)."""
@@ -584,7 +645,9 @@ class Node:
         # Rounds sent more than T ago can no longer extend the lease.
         for seq in [s for s, sent in self._round_sent.items() if sent < now - self._T]:
             del self._round_sent[seq]
-        hb = Heartbeat(self.id, self.term, self._seq, self._me.address, self._me.tags)
+        hb = Heartbeat(
+            self.id, self.term, self._seq, self._me.address, self._me.tags, self._fingerprint
+        )
         for peer in self._others:
             self._send(peer, hb)
         self._heartbeat_due = now + self.config.heartbeat_interval
@@ -636,7 +699,7 @@ class Node:
         self._change_role(Role.PRE_CANDIDATE, None, "election timeout: asking for pre-votes")
         self._reset_election_timer(self._now)
         self._votes = {self.id: True}
-        req = VoteRequest(self.id, self.term + 1, pre_vote=True)
+        req = VoteRequest(self.id, self.term + 1, pre_vote=True, voter_set=self._fingerprint)
         for peer in self._other_voters:
             self._send(peer, req)
         if self._quorum == 1:
@@ -649,7 +712,7 @@ class Node:
         self._change_role(Role.CANDIDATE, None, reason)
         self._reset_election_timer(self._now)
         self._votes = {self.id: True}
-        req = VoteRequest(self.id, self.term, transfer=transfer)
+        req = VoteRequest(self.id, self.term, transfer=transfer, voter_set=self._fingerprint)
         for peer in self._other_voters:
             self._send(peer, req)
         if self._quorum == 1:

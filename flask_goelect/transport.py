@@ -7,7 +7,9 @@ everything; a transport may also have ``prepare(peer)``, which the runner calls
 once per peer at start to set up what a first call would otherwise pay for.
 Every failure (peer down, timeout, HTTP error, a reply that does not
 parse or that claims to come from another node) is one exception type,
-:class:`TransportError`, whose text names the peer and the problem.
+:class:`TransportError`, whose text names the peer and the problem; a peer
+configured with another voter set answers 409 ``voter_set_mismatch``, and the
+text names it and says what to check.
 
 :class:`HttpTransport` speaks the wire contract of DESIGN.md over HTTP with
 ``requests``: ``POST {address}{prefix}/rpc/{vote|heartbeat|timeout-now}`` with the
@@ -442,6 +444,8 @@ class HttpTransport:
             )
             raw = resp.raw
             try:
+                if resp.status_code == 409:
+                    raise TransportError(_conflict(what, resp))
                 if not 200 <= resp.status_code < 300:
                     raise TransportError(
                         f"{what} answered HTTP {resp.status_code}: {_snippet(resp)}"
@@ -525,6 +529,18 @@ def _snippet(resp: requests.Response) -> str:
         text = ""
     text = " ".join(text.split())
     return text or resp.reason or "(no body)"
+
+
+def _conflict(what: str, resp: requests.Response) -> str:
+    """The text of a 409: another cluster, or another voter set (the peer's message)."""
+    try:
+        data = json.loads(resp.raw.read(4096, decode_content=True))
+        error, message = data["error"], data["message"]
+    except Exception:
+        return f"{what} answered HTTP 409: {resp.reason or 'conflict'}"
+    if error == "voter_set_mismatch":
+        return f"{what} refused the request (HTTP 409 voter_set_mismatch): {str(message)[:600]}"
+    return f"{what} answered HTTP 409: {str(error)[:64]}: {str(message)[:300]}"
 
 
 def _reason(exc: BaseException) -> str:

@@ -15,7 +15,16 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from unittest import mock
 
-from flask_goelect.core import Config, HardState, Node, Output, Peer, Role, Transition
+from flask_goelect.core import (
+    Config,
+    HardState,
+    Node,
+    Output,
+    Peer,
+    Role,
+    Transition,
+    VoterSetMismatch,
+)
 from flask_goelect.messages import Reply, Request
 
 T = 1.0
@@ -75,6 +84,7 @@ class Net:
         self.transitions: list[tuple[str, Transition]] = []
         self.sent: list[tuple[str, str, Request | Reply]] = []
         self.crashed: set[str] = set()
+        self.refused: list[tuple[str, str, Request | Reply]] = []
         for i in self.ids:
             self.start(i)
 
@@ -117,8 +127,16 @@ class Net:
             self.queue.append((src, dst, msg))
 
     def step(self, dst: str, msg: Request | Reply) -> Output:
-        """Deliver one message directly (replies to requests are queued)."""
-        out = self.nodes[dst].step(msg, self.now)
+        """Deliver one message directly (replies to requests are queued).
+
+        A request of another voter set is refused without a reply (over HTTP: a
+        409), and noted in ``refused``.
+        """
+        try:
+            out = self.nodes[dst].step(msg, self.now)
+        except VoterSetMismatch:
+            self.refused.append((msg.sender, dst, msg))
+            return Output()
         return self.handle(dst, out, msg.sender)
 
     def deliver(self, limit: int = 10_000) -> None:

@@ -6,6 +6,7 @@ fault of goelect that it guards against. Time is manual and randomness seeded.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -22,6 +23,7 @@ from flask_goelect.core import (
     Peer,
     Role,
     TransferError,
+    VoterSetMismatch,
 )
 from flask_goelect.messages import (
     Heartbeat,
@@ -429,7 +431,7 @@ def test_goelect_fault_transfer_hands_over_in_one_round_trip() -> None:
     a = net.nodes["a"]
     out = net.handle("a", a.transfer_leadership(net.now, "c"))
     assert a.role is Role.FOLLOWER and not a.is_leader(net.now) and a.lease_until == 0.0
-    assert out.messages == [("c", TimeoutNow("a", 1))]
+    assert out.messages == [("c", TimeoutNow("a", 1, a.config.voter_set_fingerprint))]
     net.deliver()  # no time passes: the followers are all sticky to a
     assert net.leaders() == ["c"] and net.nodes["c"].term == 2
     assert net.nodes["c"].is_leader(net.now)
@@ -553,6 +555,90 @@ def test_config_error_names_its_field_only_when_there_is_one() -> None:
         Config("bad id!")
     assert info.value.field == "node_id"
     assert ConfigError("the whole config").field is None
+
+
+# -- the voter set every request states (issue 10) --------------------------------------
+
+
+def test_voter_set_fingerprint_depends_on_who_votes_only() -> None:
+    abc = make_config("a", "abc").voter_set_fingerprint
+    assert abc.startswith("3:") and len(abc) == 2 + 16
+    assert make_config("b", "cba").voter_set_fingerprint == abc  # order, and which node
+    assert make_config("a", "abco", observers="o").voter_set_fingerprint == abc
+    moved = Config("a", (Peer("a", "http://x"), Peer("b", "http://y", tags={"z": "1"}), Peer("c")))
+    assert moved.voter_set_fingerprint == abc  # addresses and tags are not votes
+    assert make_config("a", "abcd").voter_set_fingerprint.startswith("4:")
+    assert make_config("a", "abc", observers="c").voter_set_fingerprint != abc
+
+
+def _mirror(node: Node) -> tuple[object, ...]:
+    return (
+        node.term,
+        node.voted_for,
+        node.role,
+        node.leader_id,
+        node.promise_until,
+        node.next_deadline(),
+        dict(node.last_contact),
+        node.hard_state,
+    )
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        VoteRequest("c", 5),
+        VoteRequest("c", 5, pre_vote=True),
+        VoteRequest("c", 5, transfer=True),
+        Heartbeat("c", 5, 1),
+        TimeoutNow("c", 1),
+    ],
+    ids=lambda m: type(m).__name__ + ("-pre" if getattr(m, "pre_vote", False) else ""),
+)
+def test_request_of_another_voter_set_is_refused_and_changes_nothing(msg: object) -> None:
+    """Issue 10: nodes that count different majorities must not count each other."""
+    net = Net()
+    net.elect("a")
+    net.advance(2 * T)
+    b = net.nodes["b"]
+    five = make_config("c", "abcde").voter_set_fingerprint
+    before = _mirror(b)
+    with pytest.raises(VoterSetMismatch) as info:
+        b.step(dataclasses.replace(msg, voter_set=five), net.now + 3 * T)  # type: ignore[type-var]
+    assert _mirror(b) == before
+    assert (info.value.sender, info.value.theirs) == ("c", five)
+    assert info.value.ours == b.config.voter_set_fingerprint
+    assert "5 voters" in str(info.value) and "3 voters" in str(info.value)
+    assert "docs/membership.md" in str(info.value)
+
+
+def test_every_request_states_the_voter_set_and_one_that_does_not_is_not_checked() -> None:
+    net = Net(ids="abcde")
+    net.elect("a")
+    net.advance(2 * T)
+    net.nodes["a"].transfer_leadership(net.now, "b")
+    fingerprint = net.nodes["a"].config.voter_set_fingerprint
+    requests = [m for _, _, m in net.sent if isinstance(m, (VoteRequest, Heartbeat, TimeoutNow))]
+    assert {type(m) for m in requests} == {VoteRequest, Heartbeat}
+    assert {m.voter_set for m in requests} == {fingerprint}
+    # A sender of an earlier version (or a tool) states none: it is answered.
+    out = net.nodes["c"].step(Heartbeat("a", 1, 99), net.now)
+    assert isinstance(out.reply, HeartbeatReply) and out.reply.success
+
+
+def test_a_node_left_on_the_old_voter_list_wins_no_vote_from_the_new_one() -> None:
+    """A change from 3 to 5 voters half done: n1 still lists n1-n3 (quorum 2). Were
+    n2's vote counted, n1 would lead while n3-n5 elect another leader in the term."""
+    old = make_config("n1", ["n1", "n2", "n3"])
+    new = make_config("n2", [f"n{i}" for i in range(1, 6)])
+    n1 = Node(old, HardState(4, None), now=0.0, rng=random.Random(1))
+    n2 = Node(new, HardState(4, None), now=0.0, rng=random.Random(2))
+    out = n1.tick(n1.next_deadline())
+    requests = [m for to, m in out.messages if to == "n2"]
+    assert requests and all(m.voter_set == old.voter_set_fingerprint for m in requests)
+    with pytest.raises(VoterSetMismatch):
+        n2.step(requests[0], 5 * T)
+    assert n2.term == 4 and n2.voted_for is None
 
 
 # -- who leads ---------------------------------------------------------------------------
