@@ -44,6 +44,9 @@ The rules, and where they come from (Raft paper §5, Ongaro's thesis §§3, 6, 9
   refuses (raises :class:`VoterSetMismatch`, changing nothing) a request whose
   fingerprint differs from its own: nodes that count different majorities must
   not count each other (``docs/membership.md``).
+* A node may resume where a previous process of the same node left off
+  (:class:`Resume`): as the leader it was, only in the term it campaigned in and
+  with the lease it held; as a follower, knowing its leader.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ __all__ = [
     "NotLeaderError",
     "Output",
     "Peer",
+    "Resume",
     "Role",
     "Transition",
     "TransferError",
@@ -308,6 +312,29 @@ class Config:
         return None
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Where a previous process of this node left off: the last snapshot it published.
+
+    When a node's elector moves to another process of the same machine (a
+    worker recycled), the new process starts from the same state file and
+    this record, so that the node neither drops its leadership nor tells
+    readers "no leader" for an election timeout. ``term`` is the term of the
+    record, ``leader`` who led in it as the node knew (itself when it led),
+    ``lease_until`` the lease it held (on the machine's clock; 0.0 for none).
+
+    The record must have been published *after* the state of its step was
+    persisted, and must be from this boot of the machine (a lease read on the
+    clock of an earlier boot means nothing: keep the record in memory that a
+    reboot clears). :class:`Node` checks the rest and ignores a record it
+    cannot trust (see :attr:`Node.start_reason`).
+    """
+
+    term: int
+    leader: LeaderInfo | None = None
+    lease_until: float = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     """A change of role or of the known leader, at time ``at`` (the node's clock)."""
@@ -345,7 +372,15 @@ class Node:
     from a peer and :meth:`tick` whenever the time reaches :meth:`next_deadline`.
     """
 
-    def __init__(self, config: Config, state: HardState, *, now: float, rng: random.Random) -> None:
+    def __init__(
+        self,
+        config: Config,
+        state: HardState,
+        *,
+        now: float,
+        rng: random.Random,
+        resume: Resume | None = None,
+    ) -> None:
         self.config = config
         self.id = config.node_id
         self._rng = rng
@@ -396,11 +431,14 @@ class Node:
         self.last_contact: dict[str, float] = {}
         self._out = Output()
         self._now = now
-        #: How this node started, in words for the log: the promise it keeps.
+        #: How this node started, in words for the log: the promise it keeps, and
+        #: what became of a :class:`Resume` it was given.
         self.start_reason = (
             f"grants no vote until {self._T:g}s after its start: it cannot know"
             " whether it promised a leader before"
         )
+        if resume is not None:
+            self.start_reason = f"{self._resume(state, resume)}; {self.start_reason}"
 
     # -- queries ---------------------------------------------------------------
 
@@ -673,7 +711,8 @@ class Node:
     def _has_quorum_contact(self, now: float) -> bool:
         """Check quorum (thesis §6.2): a majority acked a round sent within T(1 - drift).
 
-        The grace of T after becoming leader lets the first rounds be answered.
+        The grace of T after becoming leader (or resuming) lets the first rounds
+        be answered.
         """
         if now - self._leader_since < self._T:
             return True
@@ -720,15 +759,51 @@ class Node:
 
     def _become_leader(self) -> None:
         self._change_role(Role.LEADER, self.id, f"won the election for term {self.term}")
+        self._start_leading(self._now, 0.0)
+        self._broadcast_heartbeat()
+
+    def _start_leading(self, now: float, lease_until: float) -> None:
         self._leader_address = self._me.address
         self._leader_tags = self._me.tags
-        self._leader_since = self._now
+        self._leader_since = now
         self._lease_seq = 0
         self._acked_seq = {}
         self._last_ack = {}
         self._round_sent = {}
-        self.lease_until = 0.0
-        self._broadcast_heartbeat()
+        self.lease_until = lease_until
+
+    def _resume(self, state: HardState, resume: Resume) -> str:
+        """Take over from the previous process of this node; say what was taken."""
+        now, term, leader = self._now, resume.term, resume.leader
+        if term != state.term:
+            # Newer on disk: the old process moved on (voted, campaigned, saw a
+            # newer term) after it published the record; the record is stale.
+            return f"not resumed: the state file is in term {state.term}, the record in {term}"
+        if leader is None:
+            return f"nothing to resume in term {term}: no leader was known"
+        if leader.id == self.id:
+            # Only the node that won the term may lead it, and a winner voted
+            # for itself in it: anything else is not this node's leadership.
+            if not self._voter or state.voted_for != self.id:
+                return (
+                    f"not resumed as leader of term {term}: the state file says it voted"
+                    f" for {state.voted_for} in it"
+                )
+            # The carried lease is still covered by the promises of the voters that
+            # acked its round; it can never be longer than a round sent now would
+            # give, whatever the record says.
+            lease = min(resume.lease_until, now + self._lease_span)
+            self.role = Role.LEADER
+            self.leader_id = self.id
+            self._start_leading(now, max(lease, 0.0))
+            self._heartbeat_due = now  # heartbeats at once, at the first tick
+            return f"resumed as leader of term {term}, lease {max(lease - now, 0.0):.3f}s left"
+        if leader.id not in self._members:
+            return f"not resumed: the record's leader {leader.id!r} is not a member"
+        self.leader_id = leader.id
+        self._leader_address = leader.address
+        self._leader_tags = leader.tags
+        return f"resumed following leader {leader.id} in term {term}"
 
     def _become_follower(self, term: int, leader: str | None, reason: str) -> None:
         if term > self.term:

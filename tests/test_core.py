@@ -17,10 +17,12 @@ from flask_goelect.core import (
     Config,
     ConfigError,
     HardState,
+    LeaderInfo,
     Node,
     NotLeaderError,
     Output,
     Peer,
+    Resume,
     Role,
     TransferError,
     VoterSetMismatch,
@@ -639,6 +641,92 @@ def test_a_node_left_on_the_old_voter_list_wins_no_vote_from_the_new_one() -> No
     with pytest.raises(VoterSetMismatch):
         n2.step(requests[0], 5 * T)
     assert n2.term == 4 and n2.voted_for is None
+
+
+# -- resuming in another process of the same node (issue 10) ------------------------------
+
+
+def _record(node: Node) -> Resume:
+    """The snapshot a process publishes, as the next process of its node reads it."""
+    return Resume(node.term, node.leader, node.lease_until)
+
+
+def test_resume_as_the_leader_it_was_keeps_term_lease_and_heartbeats_at_once() -> None:
+    net = Net()
+    net.elect("a")
+    net.advance(3 * HB)
+    a = net.nodes["a"]
+    record, lease = _record(a), a.lease_until
+    net.crash("a")
+    net.now += 0.02  # the next process takes over from the same state file
+    cfg = net.config("a")
+    a2 = Node(cfg, net.stored["a"], now=net.now, rng=random.Random(3), resume=record)
+    net.nodes["a"] = a2
+    net.crashed.discard("a")
+    assert a2.role is Role.LEADER and a2.term == 1 and a2.leader == a.leader
+    assert a2.lease_until == lease and a2.is_leader(net.now)
+    assert "resumed as leader of term 1" in a2.start_reason
+    assert a2.next_deadline() == net.now  # heartbeats at the first tick
+    out = net.tick("a")
+    assert sorted(to for to, m in out.messages if isinstance(m, Heartbeat)) == ["b", "c"]
+    net.deliver()
+    assert a2.lease_until > lease  # the followers ack it as their leader of term 1
+    net.advance(5 * T)
+    assert net.leaders() == ["a"] and a2.term == 1 and a2.is_leader(net.now)
+
+
+def test_resumed_lease_is_capped_and_check_quorum_gives_T_of_grace() -> None:
+    cfg = make_config("a", "abc")
+    state = HardState(7, "a")
+    record = Resume(7, LeaderInfo("a", "http://a", {}), lease_until=100.0 + 5 * T)
+    a = Node(cfg, state, now=100.0, rng=random.Random(1), resume=record)
+    assert a.lease_until == pytest.approx(100.0 + T * (1 - cfg.max_drift))
+    a.tick(100.0)
+    a.tick(100.0 + 0.95 * T)  # nobody answers, but the grace runs from the resume
+    assert a.role is Role.LEADER
+    a.tick(100.0 + T + HB)
+    assert a.role is Role.FOLLOWER and not a.is_leader(100.0 + T + HB)
+
+
+@pytest.mark.parametrize(
+    ("state", "words"),
+    [
+        (HardState(8, "c"), "the state file is in term 8"),  # died after persisting
+        (HardState(7, "b"), "voted for b"),
+        (HardState(7, None), "voted for None"),
+    ],
+)
+def test_no_leadership_is_resumed_that_the_state_file_does_not_back(
+    state: HardState, words: str
+) -> None:
+    """Newer on disk than in the record: the old process voted or campaigned after
+    publishing it. Same term but no vote for itself: it did not win that term."""
+    record = Resume(7, LeaderInfo("a", "http://a", {}), lease_until=100.0 + 0.5 * T)
+    a = Node(make_config("a", "abc"), state, now=100.0, rng=random.Random(1), resume=record)
+    assert a.role is Role.FOLLOWER and a.leader_id is None and not a.is_leader(100.0)
+    assert (a.term, a.voted_for) == (state.term, state.voted_for)
+    assert words in a.start_reason and "not resumed" in a.start_reason
+
+
+def test_follower_resumes_knowing_its_leader_and_keeps_the_start_promise() -> None:
+    leader = LeaderInfo("a", "http://a", {"zone": "z1"})
+    b = Node(
+        make_config("b", "abc"),
+        HardState(7, "a"),
+        now=100.0,
+        rng=random.Random(1),
+        resume=Resume(7, leader),
+    )
+    assert b.role is Role.FOLLOWER and b.leader == leader and b.term == 7
+    assert "resumed following leader a" in b.start_reason
+    assert b.promise_until == 100.0 + T
+    out = b.step(VoteRequest("c", 8), 100.0 + 0.5 * T)
+    assert isinstance(out.reply, VoteReply) and not out.reply.granted
+    stale = Node(
+        make_config("b", "abc"), HardState(8, None), now=0.0, rng=random.Random(1),
+        resume=Resume(7, leader),
+    )  # fmt: skip
+    assert stale.leader_id is None and stale.term == 8
 
 
 # -- who leads ---------------------------------------------------------------------------
