@@ -6,10 +6,13 @@
 * The clock leases are read from counts the time a machine is suspended
   (``CLOCK_BOOTTIME`` where there is one), and every process of the machine
   reads the same one.
+* What the state file holds when saving it fails after the rename.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 import time
@@ -18,8 +21,10 @@ from typing import Any
 
 import pytest
 
-from flask_goelect import clock
+from flask_goelect import clock, storage
 from flask_goelect._settings import MEMORY, Settings, durability_warnings, load_settings
+from flask_goelect.core import HardState
+from flask_goelect.storage import FileStorage
 
 PEERS = ["n1=http://10.0.0.1:5000", "n2=http://10.0.0.2:5000", "n3=http://10.0.0.3:5000"]
 MOUNTS = """\
@@ -127,3 +132,34 @@ def test_the_runner_and_the_readers_use_this_clock() -> None:
 
     default = inspect.signature(Elector).parameters["clock"].default
     assert default is clock.now
+
+
+# -- the state file when saving fails after the rename -------------------------------------
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_a_save_that_fails_after_the_rename_leaves_the_new_state_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder's fsync fails after the rename: the file already names the new
+    state (later loads read it), but it may not survive a crash of the machine. The
+    docstring of save() says so; it used to say the previous state was kept."""
+    path = tmp_path / "n1.json"
+    store = FileStorage(path)
+    store.save(HardState(3, "n2"))
+
+    fsync = os.fsync
+
+    def fail(fd: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):  # the folder's, after the rename
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(fd)
+
+    monkeypatch.setattr(storage.os, "fsync", fail)
+    with pytest.raises(OSError, match="Input/output"):
+        store.save(HardState(4, None))
+    monkeypatch.undo()
+    again = FileStorage(path)
+    assert again.load() == HardState(4, None)
+    doc = " ".join((FileStorage.save.__doc__ or "").split())
+    assert "may not be durable" in doc and "holds the new state" in doc
