@@ -280,10 +280,10 @@ class Config:
 
     @property
     def voter_set_fingerprint(self) -> str:
-        """The fingerprint of :attr:`voters` that every request carries (``"3:9f86d0..."``).
+        """The fingerprint of :attr:`voters` that every request carries.
 
-        Nodes with different fingerprints refuse each other's requests. Observers
-        are not part of it.
+        ``"3:1afd220a5d7f9ee2"`` for n1, n2 and n3. Nodes with different
+        fingerprints refuse each other's requests. Observers are not part of it.
         """
         fingerprint: str = getattr(self, "_fingerprint")  # noqa: B009 - set in __post_init__
         return fingerprint
