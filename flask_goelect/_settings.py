@@ -52,6 +52,7 @@ __all__ = [
     "ConfigKey",
     "Settings",
     "document_keys",
+    "durability_warnings",
     "load_settings",
     "security_warnings",
 ]
@@ -760,6 +761,74 @@ def security_warnings(settings: Settings) -> list[str]:
             " they are not used"
         )
     return warnings
+
+
+#: File systems whose files do not survive a reboot (or a container's restart).
+_VOLATILE_FS = frozenset({"tmpfs", "ramfs"})
+#: Folders that hold temporary files on Linux: emptied at boot, or by cleaners.
+_VOLATILE_DIRS = ("/tmp", "/dev/shm", "/run", "/var/run")
+
+
+def _mount_of(path: str, mounts: str) -> tuple[str, str] | None:
+    """The mount point holding ``path`` and its file system type, from ``/proc/mounts``."""
+    best: tuple[str, str] | None = None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        # Spaces, tabs and backslashes in mount points are octal escapes there.
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[1])
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):
+            best = (point, fields[2])
+    return best
+
+
+def durability_warnings(
+    settings: Settings, *, mounts: str | None = None, linux: bool | None = None
+) -> list[str]:
+    """Where this node's term and vote may not survive a restart, to log when it starts.
+
+    A voter that loses its state file starts again at term 0. It keeps the
+    promise of every start (no vote for T), but after that it may grant a
+    second vote in a term it already voted in, and two leaders could win that
+    term. This says so when a voter of a cluster of several voters keeps its
+    state in memory (``GOELECT_STATE_FILE = ":memory:"``) or on a file system
+    that a reboot empties: tmpfs or ramfs (from ``/proc/mounts``), or under
+    ``/tmp``, ``/dev/shm`` or ``/run`` on Linux. ``mounts`` (the text of
+    ``/proc/mounts``) and ``linux`` default to this machine's.
+    """
+    election = settings.election
+    if settings.node_id not in election.voters or len(election.voters) < 2:
+        return []  # an observer votes in nothing; a single voter asks no one
+    fix = (
+        f"set {key('STATE_FILE')} to a file on a persistent volume (in a container: a"
+        " mounted volume, not the container's own file system)"
+    )
+    risk = (
+        "a restart forgets its term and its vote: after the first election timeout it"
+        " may vote a second time in a term it already voted in, and two leaders could win"
+        " that term (docs/design.md)"
+    )
+    if settings.state_file is None:
+        return [f"{key('STATE_FILE')} is {MEMORY!r}: {risk}; {fix}"]
+    if linux is None:
+        linux = sys.platform.startswith("linux")
+    path = os.path.realpath(os.path.abspath(settings.state_file))
+    if mounts is None:
+        try:
+            with open("/proc/mounts", encoding="utf-8", errors="replace") as f:
+                mounts = f.read()
+        except OSError:
+            mounts = ""
+    mount = _mount_of(path, mounts)
+    if mount is not None and mount[1] in _VOLATILE_FS:
+        where = f"on a {mount[1]} file system (mounted at {mount[0]}), which a reboot empties"
+    elif linux and any(path == d or path.startswith(d + "/") for d in _VOLATILE_DIRS):
+        where = "in a folder for temporary files, which a reboot or a cleaner empties"
+    else:
+        return []
+    return [f"{key('STATE_FILE')} {settings.state_file!r} is {where}: {risk}; {fix}"]
 
 
 def _warn_unknown(config: Mapping[str, Any]) -> None:

@@ -22,10 +22,13 @@ The rules, and where they come from (Raft paper §5, Ongaro's thesis §§3, 6, 9
   in term+1?" without anyone changing term, and campaigns only with a majority.
 * Leader stickiness (thesis §4.2.3, §6.4): a node that heard from a live leader
   less than ``T`` ago refuses votes and pre-votes and does not let them raise its
-  term. A restarted node keeps that promise: it grants nothing until ``T`` after
-  it starts (unless it has never taken part in any term).
-* Check quorum (thesis §6.2): a leader that has no heartbeat reply from a
-  majority (itself included) within ``T`` steps down.
+  term. Every start keeps that promise, whatever the term on disk: a node grants
+  nothing at all, not even a transfer's vote, until ``T`` after it starts, since
+  it cannot tell a fresh disk from a lost one.
+* Check quorum (thesis §6.2): a leader steps down when no heartbeat round it
+  sent within the last ``T × (1 − drift)`` has been acknowledged by a majority
+  (itself included): the bound and the clock of the lease, so that a leader that
+  can no longer hold a lease does not stay leader.
 * Leader lease (thesis §6.4.1): the leader holds a lease until the *send* time of
   the newest heartbeat round acknowledged by a majority plus ``T × (1 − drift)``.
   Each voter that acknowledged promised (by stickiness) not to vote for anyone
@@ -37,6 +40,13 @@ The rules, and where they come from (Raft paper §5, Ongaro's thesis §§3, 6, 9
 * No-vote nodes (observers) follow the leader, never vote, never campaign and
   never count in a quorum. The quorum is ``voters // 2 + 1`` over the configured
   voters, this node included when it is a voter.
+* Every request carries the fingerprint of its sender's voter set; a node
+  refuses (raises :class:`VoterSetMismatch`, changing nothing) a request whose
+  fingerprint differs from its own: nodes that count different majorities must
+  not count each other (``docs/membership.md``).
+* A node may resume where a previous process of the same node left off
+  (:class:`Resume`): as the leader it was, only in the term it campaigned in and
+  with the lease it held; as a follower, knowing its leader.
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ from .messages import (
     VoteRequest,
     validate_node_id,
     validate_tags,
+    voter_set_fingerprint,
 )
 
 __all__ = [
@@ -70,10 +81,15 @@ __all__ = [
     "NotLeaderError",
     "Output",
     "Peer",
+    "Resume",
     "Role",
     "Transition",
     "TransferError",
+    "VoterSetMismatch",
 ]
+
+
+_REQUESTS = (VoteRequest, Heartbeat, TimeoutNow)
 
 
 class ConfigError(ValueError):
@@ -95,6 +111,35 @@ class NotLeaderError(RuntimeError):
 
 class TransferError(RuntimeError):
     """A leadership transfer cannot be started (no eligible target)."""
+
+
+class VoterSetMismatch(Exception):
+    """A request came from a node configured with another voter set; nothing changed.
+
+    Two nodes that disagree on who votes count different majorities, and two
+    majorities that do not overlap can elect two leaders in one term. The node
+    refuses the request before reading anything else in it; the caller answers
+    with an error (over HTTP: 409 ``voter_set_mismatch``). ``theirs`` and
+    ``ours`` are the two fingerprints.
+    """
+
+    def __init__(self, node_id: str, sender: str, theirs: str, ours: str) -> None:
+        self.node_id = node_id
+        self.sender = sender
+        self.theirs = theirs
+        self.ours = ours
+        super().__init__(
+            f"node {sender!r} counts another voter set ({_count(theirs)}, fingerprint"
+            f" {theirs}) than node {node_id!r} ({_count(ours)}, fingerprint {ours}):"
+            " the nodes would count different majorities, so they refuse each other."
+            " Give both nodes the same peer list and the same novote flags; to change"
+            " who votes, see docs/membership.md"
+        )
+
+
+def _count(fingerprint: str) -> str:
+    voters = fingerprint.partition(":")[0]
+    return f"{voters} voter{'' if voters == '1' else 's'}"
 
 
 class Role(str, enum.Enum):
@@ -231,6 +276,17 @@ class Config:
                 "the cluster has no voters; at least one node must vote", field="novote"
             )
         object.__setattr__(self, "_voters", voters)
+        object.__setattr__(self, "_fingerprint", voter_set_fingerprint(voters))
+
+    @property
+    def voter_set_fingerprint(self) -> str:
+        """The fingerprint of :attr:`voters` that every request carries.
+
+        ``"3:1afd220a5d7f9ee2"`` for n1, n2 and n3. Nodes with different
+        fingerprints refuse each other's requests. Observers are not part of it.
+        """
+        fingerprint: str = getattr(self, "_fingerprint")  # noqa: B009 - set in __post_init__
+        return fingerprint
 
     @property
     def voters(self) -> frozenset[str]:
@@ -254,6 +310,29 @@ class Config:
             if p.id == node_id:
                 return p
         return None
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a previous process of this node left off: the last snapshot it published.
+
+    When a node's elector moves to another process of the same machine (a
+    worker recycled), the new process starts from the same state file and
+    this record, so that the node neither drops its leadership nor tells
+    readers "no leader" for an election timeout. ``term`` is the term of the
+    record, ``leader`` who led in it as the node knew (itself when it led),
+    ``lease_until`` the lease it held (on the machine's clock; 0.0 for none).
+
+    The record must have been published *after* the state of its step was
+    persisted, and must be from this boot of the machine (a lease read on the
+    clock of an earlier boot means nothing: keep the record in memory that a
+    reboot clears). :class:`Node` checks the rest and ignores a record it
+    cannot trust (see :attr:`Node.start_reason`).
+    """
+
+    term: int
+    leader: LeaderInfo | None = None
+    lease_until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +372,15 @@ class Node:
     from a peer and :meth:`tick` whenever the time reaches :meth:`next_deadline`.
     """
 
-    def __init__(self, config: Config, state: HardState, *, now: float, rng: random.Random) -> None:
+    def __init__(
+        self,
+        config: Config,
+        state: HardState,
+        *,
+        now: float,
+        rng: random.Random,
+        resume: Resume | None = None,
+    ) -> None:
         self.config = config
         self.id = config.node_id
         self._rng = rng
@@ -304,6 +391,9 @@ class Node:
         self._members = frozenset(p.id for p in config.peers)
         self._others = tuple(p.id for p in config.peers if p.id != self.id)
         self._other_voters = tuple(v for v in self._others if v in config.voters)
+        self._fingerprint = config.voter_set_fingerprint
+        # The lease is shortened by the drift bound; check quorum uses the same bound.
+        self._lease_span = self._T * (1.0 - config.max_drift)
         me = config.peer(self.id)
         assert me is not None
         self._me = me
@@ -317,10 +407,13 @@ class Node:
         # a heartbeat at time r, this node grants no vote or pre-vote to anyone
         # before r + T, whatever terms it sees meanwhile (forgetting the promise on
         # a term change would let a majority elect a new leader inside the old
-        # leader's lease). A restarted node cannot know when it last promised, so
-        # it keeps the promise for T from its start; a node that never took part
-        # in a term (term 0 on disk) has made no promise.
-        self._promise_until = now + self._T if state.term > 0 else now
+        # leader's lease). A started node cannot know when it last promised, nor
+        # whether its disk is new or was lost (a container without a volume starts
+        # at term 0 after acking a leader), so every start keeps the promise for T,
+        # and refuses even a transfer's vote meanwhile: it cannot know whether the
+        # leader it promised is the one handing over.
+        self._promise_until = now + self._T
+        self._started_until = now + self._T
         self._election_deadline = 0.0
         self._reset_election_timer(now)
         # Campaign state.
@@ -338,12 +431,32 @@ class Node:
         self.last_contact: dict[str, float] = {}
         self._out = Output()
         self._now = now
+        #: How this node started, in words for the log: the promise it keeps, and
+        #: what became of a :class:`Resume` it was given.
+        self.start_reason = (
+            f"grants no vote until {self._T:g}s after its start: it cannot know"
+            " whether it promised a leader before"
+        )
+        if resume is not None:
+            self.start_reason = f"{self._resume(state, resume)}; {self.start_reason}"
 
     # -- queries ---------------------------------------------------------------
 
     def is_leader(self, now: float) -> bool:
         """True only while this node leads and holds a valid lease at ``now``."""
         return self.role is Role.LEADER and now < self.lease_until
+
+    @property
+    def promise_until(self) -> float:
+        """Before this time this node grants no vote and no pre-vote to anyone.
+
+        It is ``T`` after the last heartbeat it accepted or after its start,
+        whichever is later; only a leadership transfer's vote may be granted
+        before it, and not in the first ``T`` after a start. The leader's lease
+        rests on it: every voter that acknowledged the round a lease counts from
+        holds a promise that outlasts the lease.
+        """
+        return self._promise_until
 
     @property
     def leader(self) -> LeaderInfo | None:
@@ -380,7 +493,13 @@ class Node:
         return self._end()
 
     def step(self, msg: Request | Reply, now: float) -> Output:
-        """Handle one message from a peer; a request's answer is in ``output.reply``."""
+        """Handle one message from a peer; a request's answer is in ``output.reply``.
+
+        :raises VoterSetMismatch: the request states another voter set than this
+            node's; nothing changed and there is no reply to send.
+        """
+        if isinstance(msg, _REQUESTS) and msg.voter_set != self._fingerprint:
+            self._check_voter_set(msg)
         self._begin(now)
         if msg.sender == self.id or msg.sender not in self._members:
             # Not a member (or ourselves): answer requests without touching any state.
@@ -389,10 +508,11 @@ class Node:
             return self._end()
         self.last_contact[msg.sender] = now
         if msg.term > self.term:
-            if isinstance(msg, VoteRequest) and not msg.transfer and self._in_lease(now):
+            refusal = self._sticky_refusal(msg, now) if isinstance(msg, VoteRequest) else None
+            if isinstance(msg, VoteRequest) and refusal is not None:
                 # Thesis §4.2.3: a node that hears from a live leader ignores a
                 # disruptive candidate entirely, without adopting its term.
-                self._reject(msg, "a live leader is known")
+                self._reject(msg, refusal)
                 return self._end()
             if isinstance(msg, VoteRequest) and msg.pre_vote:
                 pass  # a pre-vote never changes the receiver's term (thesis §9.6)
@@ -442,10 +562,26 @@ class Node:
         self._begin(now)
         self.lease_until = 0.0
         self._become_follower(self.term, None, f"transferring leadership to {target}")
-        self._send(target, TimeoutNow(self.id, self.term))
+        self._send(target, TimeoutNow(self.id, self.term, self._fingerprint))
         return self._end()
 
     # -- handlers --------------------------------------------------------------
+
+    def _check_voter_set(self, msg: Request) -> None:
+        """Refuse a request whose sender counts another voter set (it states one)."""
+        if msg.voter_set and msg.voter_set != self._fingerprint:
+            raise VoterSetMismatch(self.id, msg.sender, msg.voter_set, self._fingerprint)
+
+    def _sticky_refusal(self, msg: VoteRequest, now: float) -> str | None:
+        """Why the promise forbids granting this vote or pre-vote at ``now`` (None: it does not)."""
+        if now < self._started_until:
+            return (
+                f"started {now - (self._started_until - self._T):.3f}s ago: grants no vote"
+                f" until {self._T:g}s after its start (it may have promised a leader before)"
+            )
+        if not msg.transfer and self._in_lease(now):
+            return "a live leader is known"
+        return None
 
     def _on_vote_request(self, msg: VoteRequest) -> None:
         now = self._now
@@ -464,8 +600,9 @@ class Node:
                 self._reject(msg, f"pre-vote term {msg.term} is not after {self.term}")
             return
         # A real vote: msg.term == self.term here (a higher term made us follow it).
-        if not msg.transfer and self._in_lease(now):
-            self._reject(msg, "a live leader is known")
+        refusal = self._sticky_refusal(msg, now)
+        if refusal is not None:
+            self._reject(msg, refusal)
             return
         if self._can_grant(msg.sender):
             self.voted_for = msg.sender
@@ -524,7 +661,14 @@ class Node:
     def _on_heartbeat_reply(self, msg: HeartbeatReply) -> None:
         if self.role is not Role.LEADER or not msg.success:
             return
-        self._last_ack[msg.sender] = self._now
+        sent = self._round_sent.get(msg.seq)
+        if sent is None:
+            return  # a round sent over T ago (or never): it can extend nothing
+        # Check quorum counts an ack by when its round was sent, as the lease
+        # does: counted by arrival, replies that keep arriving between T(1-drift)
+        # and T after their round would keep a leader that can never hold a lease.
+        if sent > self._last_ack.get(msg.sender, -math.inf):
+            self._last_ack[msg.sender] = sent
         if msg.sender in self._voters and msg.seq > self._acked_seq.get(msg.sender, 0):
             self._acked_seq[msg.sender] = msg.seq
             if msg.seq > self._lease_seq:
@@ -539,7 +683,9 @@ class Node:
         # Rounds sent more than T ago can no longer extend the lease.
         for seq in [s for s, sent in self._round_sent.items() if sent < now - self._T]:
             del self._round_sent[seq]
-        hb = Heartbeat(self.id, self.term, self._seq, self._me.address, self._me.tags)
+        hb = Heartbeat(
+            self.id, self.term, self._seq, self._me.address, self._me.tags, self._fingerprint
+        )
         for peer in self._others:
             self._send(peer, hb)
         self._heartbeat_due = now + self.config.heartbeat_interval
@@ -554,7 +700,7 @@ class Node:
         sent = self._round_sent.get(seq)
         if sent is not None and seq > self._lease_seq:
             self._lease_seq = seq
-            until = self._lease_base(seq, sent) + self._T * (1.0 - self.config.max_drift)
+            until = self._lease_base(seq, sent) + self._lease_span
             if until > self.lease_until:
                 self.lease_until = until
 
@@ -563,10 +709,14 @@ class Node:
         return sent
 
     def _has_quorum_contact(self, now: float) -> bool:
-        """Check quorum (thesis §6.2): replies from a majority within the last T."""
+        """Check quorum (thesis §6.2): a majority acked a round sent within T(1 - drift).
+
+        The grace of T after becoming leader (or resuming) lets the first rounds
+        be answered.
+        """
         if now - self._leader_since < self._T:
             return True
-        since = now - self._T
+        since = now - self._lease_span
         recent = 1 + sum(1 for v in self._other_voters if self._last_ack.get(v, -math.inf) >= since)
         return recent >= self._quorum
 
@@ -588,7 +738,7 @@ class Node:
         self._change_role(Role.PRE_CANDIDATE, None, "election timeout: asking for pre-votes")
         self._reset_election_timer(self._now)
         self._votes = {self.id: True}
-        req = VoteRequest(self.id, self.term + 1, pre_vote=True)
+        req = VoteRequest(self.id, self.term + 1, pre_vote=True, voter_set=self._fingerprint)
         for peer in self._other_voters:
             self._send(peer, req)
         if self._quorum == 1:
@@ -601,7 +751,7 @@ class Node:
         self._change_role(Role.CANDIDATE, None, reason)
         self._reset_election_timer(self._now)
         self._votes = {self.id: True}
-        req = VoteRequest(self.id, self.term, transfer=transfer)
+        req = VoteRequest(self.id, self.term, transfer=transfer, voter_set=self._fingerprint)
         for peer in self._other_voters:
             self._send(peer, req)
         if self._quorum == 1:
@@ -609,15 +759,51 @@ class Node:
 
     def _become_leader(self) -> None:
         self._change_role(Role.LEADER, self.id, f"won the election for term {self.term}")
+        self._start_leading(self._now, 0.0)
+        self._broadcast_heartbeat()
+
+    def _start_leading(self, now: float, lease_until: float) -> None:
         self._leader_address = self._me.address
         self._leader_tags = self._me.tags
-        self._leader_since = self._now
+        self._leader_since = now
         self._lease_seq = 0
         self._acked_seq = {}
         self._last_ack = {}
         self._round_sent = {}
-        self.lease_until = 0.0
-        self._broadcast_heartbeat()
+        self.lease_until = lease_until
+
+    def _resume(self, state: HardState, resume: Resume) -> str:
+        """Take over from the previous process of this node; say what was taken."""
+        now, term, leader = self._now, resume.term, resume.leader
+        if term != state.term:
+            # Newer on disk: the old process moved on (voted, campaigned, saw a
+            # newer term) after it published the record; the record is stale.
+            return f"not resumed: the state file is in term {state.term}, the record in {term}"
+        if leader is None:
+            return f"nothing to resume in term {term}: no leader was known"
+        if leader.id == self.id:
+            # Only the node that won the term may lead it, and a winner voted
+            # for itself in it: anything else is not this node's leadership.
+            if not self._voter or state.voted_for != self.id:
+                return (
+                    f"not resumed as leader of term {term}: the state file says it voted"
+                    f" for {state.voted_for} in it"
+                )
+            # The carried lease is still covered by the promises of the voters that
+            # acked its round; it can never be longer than a round sent now would
+            # give, whatever the record says.
+            lease = min(resume.lease_until, now + self._lease_span)
+            self.role = Role.LEADER
+            self.leader_id = self.id
+            self._start_leading(now, max(lease, 0.0))
+            self._heartbeat_due = now  # heartbeats at once, at the first tick
+            return f"resumed as leader of term {term}, lease {max(lease - now, 0.0):.3f}s left"
+        if leader.id not in self._members:
+            return f"not resumed: the record's leader {leader.id!r} is not a member"
+        self.leader_id = leader.id
+        self._leader_address = leader.address
+        self._leader_tags = leader.tags
+        return f"resumed following leader {leader.id} in term {term}"
 
     def _become_follower(self, term: int, leader: str | None, reason: str) -> None:
         if term > self.term:

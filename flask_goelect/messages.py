@@ -8,13 +8,29 @@ exception type, :class:`MessageError`, whose text says what was wrong.
 
 This module is pure (standard library only, no I/O) so that the core can use
 the message types directly, the way etcd's ``raft`` uses ``raftpb``.
+
+**The voter set on the wire.** Every request (:class:`VoteRequest`,
+:class:`Heartbeat`, :class:`TimeoutNow`) carries ``voter_set``, the fingerprint
+of the voter set its sender is configured with (:func:`voter_set_fingerprint`):
+``"<number of voters>:<16 hex digits>"``, the digits the start of the SHA-256 of
+the sorted voter ids, one per line. Observers, addresses and tags are not in it:
+adding an observer or moving a node changes no majority. A node refuses a
+request whose fingerprint differs from its own (the core raises
+:class:`~flask_goelect.core.VoterSetMismatch`; over HTTP the answer is 409
+``voter_set_mismatch``) and changes nothing, because two nodes that count
+different majorities can elect two leaders in one term (see
+``docs/membership.md``). A request without the field (``""``: a sender of an
+earlier version, or a tool) states no voter set and is not checked; every node of
+this version states it. Replies do not carry it: a node answers only requests
+whose fingerprint matched its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,6 +44,7 @@ __all__ = [
     "MAX_TAG_VALUE_LENGTH",
     "MAX_TERM",
     "NODE_ID_PATTERN",
+    "VOTER_SET_PATTERN",
     "REPLY_FOR",
     "REQUEST_TYPES",
     "Heartbeat",
@@ -44,6 +61,7 @@ __all__ = [
     "to_wire",
     "validate_node_id",
     "validate_tags",
+    "voter_set_fingerprint",
 ]
 
 #: Largest term accepted: the largest integer a JSON double holds exactly.
@@ -58,6 +76,8 @@ MAX_TAGS = 32
 MAX_TAG_KEY_LENGTH = 64
 MAX_TAG_VALUE_LENGTH = 256
 MAX_REASON_LENGTH = 256
+#: A voter-set fingerprint: the number of voters, a colon, 16 lower-case hex digits.
+VOTER_SET_PATTERN = re.compile(r"[1-9][0-9]{0,5}:[0-9a-f]{16}")
 
 
 class MessageError(ValueError):
@@ -94,19 +114,35 @@ def validate_tags(value: object, what: str = "tags") -> dict[str, str]:
     return tags
 
 
+def voter_set_fingerprint(voters: Iterable[str]) -> str:
+    """The fingerprint of a voter set, as requests carry it in ``voter_set``.
+
+    ``"<count>:<hex>"``: the number of voters and the first 16 hex digits of the
+    SHA-256 of the sorted ids, one per line (ids cannot hold a newline). The
+    order in which peers are listed does not matter; which nodes vote does.
+    """
+    ids = sorted(set(voters))
+    if not ids:
+        raise ValueError("a voter set has at least one voter")
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+    return f"{len(ids)}:{digest}"
+
+
 @dataclass(frozen=True, slots=True)
 class VoteRequest:
     """Ask for a vote (or, with ``pre_vote``, whether a vote would be given).
 
     A pre-vote asks about ``term`` without anyone changing their term (Raft
     thesis §9.6). ``transfer`` marks a campaign started by a leadership transfer:
-    voters grant it despite leader stickiness (thesis §3.10).
+    voters grant it despite leader stickiness (thesis §3.10). ``voter_set`` is
+    the fingerprint of the sender's voter set (see the module's docs).
     """
 
     sender: str
     term: int
     pre_vote: bool = False
     transfer: bool = False
+    voter_set: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +162,8 @@ class Heartbeat:
 
     ``seq`` numbers the heartbeat round so that a reply can be matched to the
     send time of its round (the leader lease is computed from send times).
-    ``address`` and ``tags`` tell followers where and what the leader is.
+    ``address`` and ``tags`` tell followers where and what the leader is;
+    ``voter_set`` is the fingerprint of the leader's voter set.
     """
 
     sender: str
@@ -134,6 +171,7 @@ class Heartbeat:
     seq: int
     address: str = ""
     tags: Mapping[str, str] = field(default_factory=dict, hash=False)
+    voter_set: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +186,14 @@ class HeartbeatReply:
 
 @dataclass(frozen=True, slots=True)
 class TimeoutNow:
-    """A leader hands over: the receiver should campaign at once (thesis §3.10)."""
+    """A leader hands over: the receiver should campaign at once (thesis §3.10).
+
+    ``voter_set`` is the fingerprint of the leader's voter set.
+    """
 
     sender: str
     term: int
+    voter_set: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +263,16 @@ def _check_str(name: str, value: object, maximum: int) -> str:
     return value
 
 
+def _check_voter_set(name: str, value: object) -> str:
+    text = _check_str(name, value, 32)
+    if text and not VOTER_SET_PATTERN.fullmatch(text):
+        raise MessageError(
+            f"field {name!r} is {text[:32]!r}; it must be a voter-set fingerprint like"
+            " '3:0123456789abcdef', or empty"
+        )
+    return text
+
+
 def _check_field(name: str, value: object) -> object:
     if name == "sender":
         return validate_node_id(value, "field 'sender'")
@@ -236,6 +288,8 @@ def _check_field(name: str, value: object) -> object:
         return _check_str(name, value, MAX_REASON_LENGTH)
     if name == "tags":
         return validate_tags(value, "field 'tags'")
+    if name == "voter_set":
+        return _check_voter_set(name, value)
     raise AssertionError(f"no validator for field {name!r}")  # pragma: no cover
 
 

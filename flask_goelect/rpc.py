@@ -16,9 +16,12 @@ An RPC is checked cheapest first, and its state is never touched by bad input:
 4. the JSON and the message (400), then the message's sender against the
    request's (403);
 5. only then the elector steps the message (503 when it is not running), and
-   the reply to a signed request is signed.
+   the reply to a signed request is signed. The core refuses a message from a
+   node configured with another voter set before it reads anything else in it
+   (:class:`~flask_goelect.core.VoterSetMismatch`): 409 ``voter_set_mismatch``.
 
-Refusals are logged at most once per node and kind per ten seconds.
+Refusals are logged at most once per node and kind per ten seconds, and
+counted by their error code in :attr:`RpcServer.refused`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from .auth import (
     Claim,
     RequestVerifier,
 )
+from .core import VoterSetMismatch
 from .messages import REQUEST_TYPES, MessageError, Reply, Request, from_wire, to_wire
 from .state import NotRunning
 
@@ -147,6 +151,11 @@ def _claimed(headers: Headers) -> tuple[str, str]:
     return headers.get(SENDER_HEADER.lower(), "")[:70], headers.get(CLUSTER_HEADER.lower(), "")[:70]
 
 
+def _voters(fingerprint: str) -> str:
+    count = fingerprint.partition(":")[0]
+    return f"{count} voter{'' if count == '1' else 's'}"
+
+
 def _content_length(headers: Headers) -> int | None:
     value = headers.get("content-length", "").strip()
     return int(value) if value.isdigit() else None
@@ -179,6 +188,10 @@ class RpcServer:
         self.handle = handle
         self.url_prefix = url_prefix
         self.refusals = refusal_log if refusal_log is not None else refusals
+        #: Requests answered with an error, by its code (``"voter_set_mismatch"``,
+        #: ``"bad_signature"``, ``"bad_request"``, ...), since this server was made.
+        self.refused: collections.Counter[str] = collections.Counter()
+        self._refused_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<RpcServer {self.verifier.node_id!r} at {self.url_prefix!r}>"
@@ -187,6 +200,12 @@ class RpcServer:
 
     def serve(self, kind: str, headers: Headers, body: Body, *, remote_addr: str = "") -> Answer:
         """Answer ``POST <prefix>/rpc/<kind>`` (``headers`` by lower-case name)."""
+        answer = self._serve(kind, headers, body, remote_addr)
+        if answer.status != 200:
+            self._count(answer)
+        return answer
+
+    def _serve(self, kind: str, headers: Headers, body: Body, remote_addr: str) -> Answer:
         cls: Any = REQUEST_TYPES.get(kind)
         path = f"{self.url_prefix}/rpc/{kind}"
         if cls is None:
@@ -226,7 +245,34 @@ class RpcServer:
             reply = self.handle(msg)
         except NotRunning:
             return error_answer(503, "not_running", "the elector of this node is not running")
+        except VoterSetMismatch as exc:
+            return self.sign(self._voter_set_mismatch(exc, path, remote_addr), claim)
         return self.sign(json_answer(to_wire(reply)), claim)
+
+    def _voter_set_mismatch(self, exc: VoterSetMismatch, path: str, remote_addr: str) -> Answer:
+        """409: the sender counts another voter set; nothing was changed."""
+        message = (
+            f"node {exc.sender!r} sent a voter set of {_voters(exc.theirs)} (fingerprint"
+            f" {exc.theirs}) but node {exc.node_id!r} has {_voters(exc.ours)} (fingerprint"
+            f" {exc.ours}): nodes that count different majorities can elect two leaders in"
+            " one term, so they refuse each other. Check GOELECT_PEERS and GOELECT_NOVOTE"
+            " on both nodes; to change who votes, see docs/membership.md"
+        )
+        self.refusals.log(
+            self.verifier.node_id,
+            "voter_set_mismatch",
+            f"refused POST {path[:100]!r} from {remote_addr or None}: 409 voter_set_mismatch:"
+            f" {message}",
+        )
+        return error_answer(409, "voter_set_mismatch", message)
+
+    def _count(self, answer: Answer) -> None:
+        try:
+            error = json.loads(answer.body)["error"]
+        except (ValueError, KeyError, TypeError):
+            error = f"http_{answer.status}"
+        with self._refused_lock:
+            self.refused[str(error)[:64]] += 1
 
     # -- status readers ----------------------------------------------------------------
 
@@ -234,10 +280,24 @@ class RpcServer:
         """May this request read the node's status?
 
         Its verified :class:`~flask_goelect.auth.Claim` if a peer (or this node)
-        signed it for ``read.path``; None if it may read unsigned; else the
-        refusal to send.
+        signed it for ``read.path``; None if it may read unsigned
+        (``read.may_read_unsigned``: the status is public, or the request is
+        local); else the refusal to send (counted in :attr:`refused`).
         """
-        method, path, headers, body, remote_addr, may_read_unsigned = read
+        result = self._reader(*read)
+        if isinstance(result, Answer):
+            self._count(result)
+        return result
+
+    def _reader(
+        self,
+        method: str,
+        path: str,
+        headers: Headers,
+        body: Body,
+        remote_addr: str,
+        may_read_unsigned: bool,
+    ) -> Claim | Answer | None:
         verifier = self.verifier
         if verifier.signs and headers.get(AUTH_HEADER.lower()):
             try:

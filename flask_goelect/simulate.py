@@ -8,17 +8,43 @@ draws faults at random from its seed, and watches every step for:
 2. ``lease-overlap``: two nodes holding a valid lease at the same virtual
    instant, with each node's clock running at its own rate within the drift
    bound (the guarantee ``@leader_only`` relies on);
-3. ``double-vote``: a node granting votes to two candidates in one term, also
+3. ``lease-margin``: a lease that the promises do not cover. The design rests
+   on one inequality, checked whenever a lease or a promise changes, not only
+   when an overlap happens to occur: for every lease a node holds, a majority
+   of voters (the leader itself included) acknowledged the round the lease can
+   count from and each of them holds a promise that outlasts the lease in real
+   time, under the worst clock rates the drift bound allows and with no delay
+   between the round's send and its receipt. A lease a few percent too long
+   opens a window of milliseconds that random schedules rarely hit; this check
+   sees it at the first lease;
+4. ``promise-broken``: a node granting a vote or a pre-vote (other than a
+   transfer's) before the end of the promise it states (``Node.promise_until``);
+5. ``double-vote``: a node granting votes to two candidates in one term, also
    across crash and restart from its persisted state;
-4. ``term-regression``: a node's term going backwards;
-5. ``no-leader``: no leader within 10 × T after the faults heal;
-6. ``disruption``: a healed, previously isolated node deposing a healthy leader.
+6. ``term-regression``: a node's term going backwards;
+7. ``no-leader``: no leader within 10 × T after the faults heal;
+8. ``disruption``: a healed, previously isolated node deposing a healthy leader.
 
 A schedule has four phases: *chaos* (random faults), *heal* (all faults removed:
 a leader must appear within 10 × T), *failover* (the leader is crashed on a
 clean network; the time until another node holds a lease is measured) and
 *rejoin* (a follower is cut off for several election timeouts and then healed:
 the leader must keep its term). Idle virtual time is skipped, not ticked through.
+
+A share of the schedules (``SimConfig.boundary``) is played at the edge of
+what the design allows: no network delay, clock rates at the two ends of the
+drift bound, election timers that often fire at the first instant they may (the
+instant a promise ends), and leaders cut off right after a lease was renewed.
+
+The ``handoff`` fault stops a node's process and starts another one for the
+same node after a short gap, resuming (:class:`~flask_goelect.core.Resume`)
+from the last snapshot the old process published, as the multi-process runner
+does: a step is persisted, then published, then its messages are sent, and the
+process may die between any two of these. A reply goes back only to the
+process that sent the request (over HTTP it rides that request's connection).
+
+``SimConfig.stale_nodes`` plays a change of the voter set not made everywhere:
+those nodes list only the first ``stale_voters`` voters.
 
 The simulator is pure Python with no I/O but printing, so schedules are exactly
 reproducible from their seed (``--replay SEED``).
@@ -40,8 +66,20 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from .core import Config, HardState, Node, NotLeaderError, Output, Peer, Role, TransferError
-from .messages import Reply, Request, VoteReply
+from .core import (
+    Config,
+    HardState,
+    LeaderInfo,
+    Node,
+    NotLeaderError,
+    Output,
+    Peer,
+    Resume,
+    Role,
+    TransferError,
+    VoterSetMismatch,
+)
+from .messages import Heartbeat, HeartbeatReply, Reply, Request, VoteReply, VoteRequest
 
 __all__ = [
     "FAULTS",
@@ -66,10 +104,13 @@ FAULTS = (
     "pause",
     "drift",
     "transfer",
+    "handoff",
 )
 VIOLATION_KINDS = (
     "two-leaders",
     "lease-overlap",
+    "lease-margin",
+    "promise-broken",
     "double-vote",
     "term-regression",
     "no-leader",
@@ -80,6 +121,10 @@ NodeFactory = Callable[..., Node]
 
 # Event kinds in the queue.
 _DELIVER, _TIMER, _CONTROL = 0, 1, 2
+
+#: Slack for floating-point rounding when comparing local times (seconds).
+_EPS = 1e-9
+_NEVER = -math.inf
 
 
 @dataclass(frozen=True)
@@ -97,6 +142,13 @@ class SimConfig:
     rpc_timeout: float | None = None
     #: One-way network latency range on a healthy link.
     latency: tuple[float, float] = (0.0002, 0.001)
+    #: The share of schedules played at the edge of what the design allows.
+    boundary: float = 0.25
+    #: The first ``stale_nodes`` voters list only the first ``stale_voters``
+    #: voters (and the observers): a change of the voter set not made on every
+    #: node. 0: every node lists every node.
+    stale_nodes: int = 0
+    stale_voters: int = 0
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS)
@@ -104,6 +156,14 @@ class SimConfig:
             raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
         if self.nodes < 1 or self.observers < 0:
             raise ValueError("need at least one voter and no negative observer count")
+        if not 0.0 <= self.boundary <= 1.0:
+            raise ValueError(f"boundary is a share of schedules in [0, 1], not {self.boundary}")
+        if self.stale_nodes and not 0 < self.stale_nodes <= self.stale_voters < self.nodes:
+            raise ValueError(
+                f"stale_nodes ({self.stale_nodes}) must be at most stale_voters"
+                f" ({self.stale_voters}), which must be below nodes ({self.nodes}): the stale"
+                " nodes are among the voters of the old list, which is shorter"
+            )
 
     @property
     def reply_timeout(self) -> float:
@@ -121,6 +181,11 @@ class ScheduleResult:
     failover: float | None = None
     events: int = 0
     trace: list[str] = field(default_factory=list)
+    #: Played at the edge of the design (no delay, extreme drift, earliest timers).
+    boundary: bool = False
+    handoffs: int = 0
+    #: Requests refused because their sender counts another voter set.
+    refused: int = 0
 
 
 class _Violation(Exception):
@@ -128,6 +193,22 @@ class _Violation(Exception):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+class _EdgeRandom(random.Random):
+    """An election timer at its earliest instant (T: the promise just ended) a third
+    of the time; uniform otherwise."""
+
+    def random(self) -> float:
+        r = super().random()
+        return 0.0 if r < 1 / 3 else (r - 1 / 3) * 1.5
+
+
+#: A heartbeat round as the checker saw it leave: the message (kept alive, so
+#: that its id() names this round only), its send time on the sender's clock
+#: times the worst rate ratio, and the acks of the sender's term (see
+#: ``Simulation.acked``).
+_Round = tuple[Heartbeat, float, dict[int, float]]
 
 
 class Simulation:
@@ -153,13 +234,15 @@ class Simulation:
         self.ids = [f"n{i + 1}" for i in range(n)]
         self.index = {nid: i for i, nid in enumerate(self.ids)}
         self.voters = list(range(cfg.nodes))
+        self.is_voter = [i < cfg.nodes for i in range(n)]
         peers = tuple(
             Peer(nid, f"sim://{nid}", novote=i >= cfg.nodes) for i, nid in enumerate(self.ids)
         )
+        stale = tuple(p for i, p in enumerate(peers) if i < cfg.stale_voters or i >= cfg.nodes)
         self.configs = [
             Config(
                 nid,
-                peers,
+                stale if i < cfg.stale_nodes else peers,
                 novote=i >= cfg.nodes,
                 elect_timeout=T,
                 heartbeat_interval=cfg.heartbeat_interval,
@@ -167,16 +250,41 @@ class Simulation:
             )
             for i, nid in enumerate(self.ids)
         ]
+        # A lease is checked against the voters of its leader's list (as the
+        # simulator wrote it: a broken core cannot change it). With a list not
+        # changed everywhere, two lists' majorities may not overlap: that shows
+        # as two leases at once, or two leaders in a term.
+        self.voters_of = [frozenset(self.index[v] for v in c.voters) for c in self.configs]
+        self.quorum_of = [c.quorum for c in self.configs]
+        self.boundary = self.rng.random() < cfg.boundary
+        self.result = ScheduleResult(seed, boundary=self.boundary)
         # Each node's clock: local = offset + rate * real. Rates lie in
-        # [1, 1 + drift], so any two differ by a factor of at most 1 + drift.
+        # [1, 1 + drift], so any two differ by a factor of at most 1 + drift; at
+        # the boundary every rate is one of the two ends.
         drift = cfg.max_drift if "drift" in cfg.faults else 0.0
-        self.rate = [1.0 + self.rng.random() * drift for _ in range(n)]
+        if self.boundary:
+            self.rate = [1.0 + drift * self.rng.randrange(2) for _ in range(n)]
+            self.latency = (0.0, 0.0)
+        else:
+            self.rate = [1.0 + self.rng.random() * drift for _ in range(n)]
+            self.latency = cfg.latency
         self.offset = [self.rng.uniform(0.0, 1000.0) for _ in range(n)]
+        #: The worst ratio of two nodes' clock rates the design allows.
+        self.worst_rate = 1.0 + cfg.max_drift
         self.now = 0.0
         self.queue: list[tuple[float, int, int, Any]] = []
         self._seq = 0
         self.stored = [HardState() for _ in range(n)]
         self.nodes: list[Node | None] = [None] * n
+        #: Each node's process, counted: a reply reaches only the one that asked.
+        self.incarnation = [0] * n
+        #: The last snapshot each node published (term, leader id, lease), as the
+        #: next process of the node resumes from it.
+        self.published: list[tuple[int, str | None, float] | None] = [None] * n
+        self.publishing = "handoff" in cfg.faults
+        #: A handoff armed to happen in a node's next step: "step" (any) or
+        #: "persist" (one that persists), and the gap before the next process.
+        self.dies_in_step: list[tuple[str, float] | None] = [None] * n
         self.paused = [False] * n
         self.backlog: list[list[tuple[Any, ...]]] = [[] for _ in range(n)]
         self.timer_version = [0] * n
@@ -194,11 +302,19 @@ class Simulation:
         self.last_term = [0] * n
         self.lease_local = [0.0] * n
         self.lease_real = [0.0] * n
+        self.rounds: dict[int, _Round] = {}  # by id() of the Heartbeat
+        self._round_ids: collections.deque[tuple[float, int]] = collections.deque()
+        #: For each (leader, term), each voter that acknowledged one of its rounds,
+        #: with the best of ``sent × (1 + drift) − received`` over those rounds (see
+        #: _check_margin).
+        self.acked: dict[tuple[int, int], dict[int, float]] = {}
+        self.promise_seen = [-math.inf] * n
+        #: (leader, for how long, until when): cut it off at its next lease renewal.
+        self.cut_off_at_renewal: tuple[int, float, float] | None = None
         self.first_lease_after: float | None = None
         self.watch_from: float | None = None
         self.failover_from: float | None = None
         self.failover_crashed: int | None = None
-        self.result = ScheduleResult(seed)
         self._trace: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=trace)
         for i in range(n):
             self._start_node(i)
@@ -223,18 +339,30 @@ class Simulation:
 
     # -- nodes -----------------------------------------------------------------
 
-    def _start_node(self, i: int) -> None:
+    def _start_node(self, i: int, resume: Resume | None = None) -> None:
         state = self.stored[i]
         if state.term < self.last_term[i]:
             raise _Violation(
                 "term-regression",
                 f"{self.ids[i]} restarted in term {state.term} after term {self.last_term[i]}",
             )
-        rng = random.Random(self.rng.getrandbits(64))
-        self.nodes[i] = self.node_factory(self.configs[i], state, now=self.local(i), rng=rng)
+        seed = self.rng.getrandbits(64)
+        rng = _EdgeRandom(seed) if self.boundary else random.Random(seed)
+        now = self.local(i)
+        if resume is None:
+            node = self.node_factory(self.configs[i], state, now=now, rng=rng)
+        else:
+            node = self.node_factory(self.configs[i], state, now=now, rng=rng, resume=resume)
+        self.nodes[i] = node
+        self.incarnation[i] += 1
         self.paused[i] = False
         self.backlog[i] = []
-        self._note(self.ids[i], "start", state)
+        self._note(self.ids[i], "start" if resume is None else "resume", state, node.start_reason)
+        if node.role is Role.LEADER:
+            self._leads(i, node.term)
+        self._observe(i, node)
+        # Its promise now is what covers the leases it acknowledged while it was up.
+        self._check_leases(but=i)
         self._schedule_timer(i)
 
     def _crash(self, i: int) -> None:
@@ -244,6 +372,7 @@ class Simulation:
         self.nodes[i] = None
         self.paused[i] = False
         self.backlog[i] = []
+        self.dies_in_step[i] = None
         self.lease_real[i] = 0.0
         self.lease_local[i] = 0.0
         self.timer_version[i] += 1
@@ -252,6 +381,26 @@ class Simulation:
     def _restart(self, i: int) -> None:
         if self.nodes[i] is None:
             self._start_node(i)
+
+    def _handoff(self, i: int, gap: float) -> None:
+        """Stop node ``i``'s process; another takes over from its state and its record."""
+        if self.nodes[i] is None:
+            return
+        self._note(self.ids[i], "handoff", f"next process in {gap:.6f}s")
+        self.result.handoffs += 1
+        self._crash(i)
+        self._control(self.now + gap, lambda: self._take_over(i))
+
+    def _take_over(self, i: int) -> None:
+        if self.nodes[i] is not None:
+            return  # restarted meanwhile
+        record = self.published[i]
+        resume = None
+        if record is not None:
+            term, leader, lease = record
+            info = None if leader is None else LeaderInfo(leader, f"sim://{leader}", {})
+            resume = Resume(term, info, lease)
+        self._start_node(i, resume)
 
     def _pause(self, i: int) -> None:
         if self.nodes[i] is not None and not self.paused[i]:
@@ -295,19 +444,25 @@ class Simulation:
             return
         self.timer_at[i] = math.inf
         out = node.tick(self.local(i))
-        self._after(i, out, None, 0.0)
+        self._after(i, out)
 
     # -- network ---------------------------------------------------------------
 
-    def _send(self, src: int, dst: int, msg: Any, request_sent: float | None) -> None:
-        """Put ``msg`` on the link src→dst; ``request_sent`` is set for replies."""
+    def _send(
+        self, src: int, dst: int, msg: Any, request_sent: float | None, incarnation: int
+    ) -> None:
+        """Put ``msg`` on the link src→dst.
+
+        A request carries its sender's ``incarnation``; a reply (``request_sent``
+        set) carries the incarnation of the process it must reach.
+        """
         if (src, dst) in self.cut:
             return
         rng = self.rng
         if self.p_drop and rng.random() < self.p_drop:
             return
         copies = 2 if self.p_dup and rng.random() < self.p_dup else 1
-        lo, hi = self.cfg.latency
+        lo, hi = self.latency
         for _ in range(copies):
             delay = lo + (hi - lo) * rng.random()
             if self.jitter:
@@ -317,22 +472,48 @@ class Simulation:
             at = self.now + delay
             if request_sent is not None and at > request_sent + self.cfg.reply_timeout:
                 continue  # the sender has given up waiting (HTTP read timeout)
-            self._push(at, _DELIVER, (dst, src, msg, request_sent))
+            self._push(at, _DELIVER, (dst, src, msg, request_sent, incarnation))
 
-    def _deliver(self, dst: int, src: int, msg: Any, request_sent: float | None) -> None:
+    def _deliver(
+        self, dst: int, src: int, msg: Any, request_sent: float | None, incarnation: int
+    ) -> None:
         node = self.nodes[dst]
         if node is None:
             return
+        if request_sent is not None and incarnation != self.incarnation[dst]:
+            return  # a reply to a process that is gone: its connection closed with it
         if self.paused[dst]:
-            self.backlog[dst].append((dst, src, msg, request_sent))
+            self.backlog[dst].append((dst, src, msg, request_sent, incarnation))
             return
-        self._note(self.ids[dst], "recv", msg)
-        out = node.step(msg, self.local(dst))
-        self._after(dst, out, src if request_sent is None else None, self.now)
+        self._trace.append((self.now, self.ids[dst], "recv", msg))  # _note, inlined: hot
+        if self.verbose:
+            print(_format_trace(self._trace[-1]))
+        promise = node.promise_until if msg.__class__ is VoteRequest else _NEVER
+        try:
+            out = node.step(msg, self.local(dst))
+        except VoterSetMismatch:
+            self._note(self.ids[dst], "refused", "another voter set")
+            self.result.refused += 1
+            return
+        if request_sent is None:
+            self._after(dst, out, msg, src, incarnation, promise)
+        else:
+            self._after(dst, out)
 
     # -- the checker -----------------------------------------------------------
 
-    def _after(self, i: int, out: Output, requester: int | None, received: float) -> None:
+    def _after(
+        self,
+        i: int,
+        out: Output,
+        request: Request | None = None,
+        requester: int | None = None,
+        incarnation: int = 0,
+        promise: float = _NEVER,
+    ) -> None:
+        """Check and carry out what node ``i`` did in one step, as the runner does:
+        persist, publish, send. ``request`` (from ``requester``'s process
+        ``incarnation``) is what was stepped, ``promise`` the node's promise before."""
         node = self.nodes[i]
         assert node is not None
         nid = self.ids[i]
@@ -347,32 +528,149 @@ class Simulation:
             self._note(nid, "become", tr.role.value, tr.term, tr.reason)
             if tr.role is Role.LEADER:
                 self.result.elections += 1
-                other = self.leader_of_term.setdefault(tr.term, nid)
-                if other != nid:
-                    raise _Violation("two-leaders", f"{other} and {nid} both lead term {tr.term}")
+                self._leads(i, tr.term)
             elif tr.role is Role.CANDIDATE:
                 self._record_vote(i, tr.term, nid)
         reply = out.reply
-        if isinstance(reply, VoteReply) and reply.granted and not reply.pre_vote:
-            assert requester is not None
-            self._record_vote(i, reply.term, self.ids[requester])
-        # Leases: a lease starts only when a node steps, so checking here at
-        # every step is checking at every instant.
+        if isinstance(reply, VoteReply) and reply.granted:
+            assert requester is not None and isinstance(request, VoteRequest)
+            if not request.transfer and self.local(i) < promise - _EPS:
+                raise _Violation(
+                    "promise-broken",
+                    f"{nid} granted a {'pre-vote' if reply.pre_vote else 'vote'} to"
+                    f" {self.ids[requester]} {promise - self.local(i):.6f}s (its clock)"
+                    " before the end of its promise",
+                )
+            if not reply.pre_vote:
+                self._record_vote(i, reply.term, self.ids[requester])
+        armed = self.dies_in_step[i]
+        if armed is not None and (armed[0] == "step" or out.persist is not None):
+            # The process dies after persisting the step, before publishing it:
+            # nothing of it is published or sent.
+            self._handoff(i, armed[1])
+            return
+        messages = out.messages
+        if messages and isinstance(messages[0][1], Heartbeat):  # a round: one message
+            self._round_sent(i, messages[0][1])
+        self._observe(i, node)
+        if messages:
+            index, me = self.index, self.incarnation[i]
+            for to, msg in messages:
+                self._send(i, index[to], msg, None, me)
+        if reply is not None and requester is not None:
+            if reply.__class__ is HeartbeatReply and reply.success:
+                rnd = self.rounds.get(id(request))
+                if rnd is not None:
+                    _, sent, acked = rnd
+                    key = sent - self.local(i)
+                    if key > acked.get(i, -math.inf):
+                        acked[i] = key
+            self._send(i, requester, reply, self.now, incarnation)
+        self._schedule_timer(i)
+
+    def _observe(self, i: int, node: Node) -> None:
+        """After a step or a start: track the lease, check margins, publish."""
         if node.role is Role.LEADER:
             if node.lease_until != self.lease_local[i]:
                 self.lease_local[i] = node.lease_until
                 expiry = (node.lease_until - self.offset[i]) / self.rate[i]
-                if expiry > self.now and self.lease_real[i] <= self.now:
-                    self._lease_starts(i)
+                if expiry > self.now:
+                    self._check_margin(i, node)
+                    if self.lease_real[i] <= self.now:
+                        self._lease_starts(i)
+                    if self.cut_off_at_renewal is not None:
+                        self._cut_off_if_due(i)
                 self.lease_real[i] = expiry
         elif self.lease_real[i]:
             self.lease_real[i] = 0.0
             self.lease_local[i] = 0.0
-        for to, msg in out.messages:
-            self._send(i, self.index[to], msg, None)
-        if reply is not None and requester is not None:
-            self._send(i, requester, reply, received)
-        self._schedule_timer(i)
+        promise = node.promise_until
+        if promise != self.promise_seen[i]:
+            if promise < self.promise_seen[i] - _EPS:
+                # A promise that shrank may no longer cover a lease it was counted in.
+                self._check_leases(but=i)
+            self.promise_seen[i] = promise
+        if self.publishing:
+            # What the next process of this node would resume from (the simulated
+            # nodes' addresses and tags never change).
+            self.published[i] = (node.term, node.leader_id, node.lease_until)
+
+    def _cut_off_if_due(self, i: int) -> None:
+        holder, duration, until = self.cut_off_at_renewal or (-1, 0.0, 0.0)
+        if self.now > until:
+            self.cut_off_at_renewal = None
+        elif holder == i:
+            self.cut_off_at_renewal = None
+            n = len(self.ids)
+            links = {(i, y) for y in range(n) if y != i} | {(y, i) for y in range(n) if y != i}
+            self.cut |= links
+            self._note("net", "cut off", self.ids[i], f"for {duration:.6f}s")
+            self._control(self.now + duration, lambda: self.cut.difference_update(links))
+
+    def _leads(self, i: int, term: int) -> None:
+        other = self.leader_of_term.setdefault(term, self.ids[i])
+        if other != self.ids[i]:
+            raise _Violation("two-leaders", f"{other} and {self.ids[i]} both lead term {term}")
+
+    def _round_sent(self, i: int, msg: Heartbeat) -> None:
+        # A round sent over 3 T ago can no longer give a lease that still runs:
+        # forget it (the core ignores acks of rounds sent over T ago).
+        ids = self._round_ids
+        while ids and ids[0][0] < self.now - 3 * self.T:
+            del self.rounds[ids.popleft()[1]]
+        acked = self.acked.get((i, msg.term))
+        if acked is None:
+            acked = self.acked[(i, msg.term)] = {}
+        self.rounds[id(msg)] = (msg, self.local(i) * self.worst_rate, acked)
+        ids.append((self.now, id(msg)))
+
+    def _check_leases(self, but: int) -> None:
+        for j, expiry in enumerate(self.lease_real):
+            node = self.nodes[j]
+            if j != but and expiry > self.now and node is not None:
+                self._check_margin(j, node)
+
+    def _check_margin(self, i: int, node: Node) -> None:
+        """The lease of ``i`` must be covered by the promises of a majority.
+
+        Voter ``v`` covers a lease that ends at ``U`` (the leader's clock) if it
+        acknowledged a round of the leader's term sent at ``S`` (the leader's
+        clock), received at ``R`` (its own), and its promise ``P`` (its clock)
+        outlasts the lease in real time even if it received the round the
+        instant it was sent and the two clocks' rates differ by the most the
+        drift bound allows: ``P − R ≥ (U − S) × (1 + drift)``, that is
+        ``P + (S × (1 + drift) − R) ≥ U × (1 + drift)``; the best of its rounds
+        counts. The leader covers its own lease while it leads.
+        """
+        needed = node.lease_until * self.worst_rate - _EPS
+        acked = self.acked.get((i, node.term), {})
+        voters, nodes = self.voters_of[i], self.nodes
+        count = 1 if i in voters else 0
+        for v, key in acked.items():
+            # A voter that is down grants nothing; its promise when it starts
+            # again must cover the lease (checked then).
+            voter = nodes[v]
+            if v in voters and (voter is None or voter.promise_until + key >= needed):
+                count += 1
+        if count >= self.quorum_of[i]:
+            return
+        covered = [self.ids[i]] if i in voters else []
+        short = []
+        for v, key in acked.items():
+            voter = nodes[v]
+            if v not in voters:
+                continue
+            if voter is None or voter.promise_until + key >= needed:
+                covered.append(self.ids[v])
+            else:
+                gap = (needed - voter.promise_until - key) / self.worst_rate
+                short.append(f"{self.ids[v]} short by {gap * 1000:.3f}ms")
+        raise _Violation(
+            "lease-margin",
+            f"{self.ids[i]}'s lease in term {node.term} is covered by the promises of"
+            f" {sorted(covered)} only, not a majority ({self.quorum_of[i]})"
+            + (f"; {', '.join(sorted(short))} (in the leader's clock)" if short else ""),
+        )
 
     def _record_vote(self, i: int, term: int, candidate: str) -> None:
         other = self.votes.setdefault((i, term), candidate)
@@ -487,6 +785,19 @@ class Simulation:
                 at = t + rng.uniform(0, length)
                 pause = rng.uniform(0.5, 5.0) * T
                 self._control(at, partial(self._pause_someone, pause))
+            if "handoff" in faults and rng.random() < 0.4:
+                for _ in range(rng.randint(1, 3)):
+                    at = t + rng.uniform(0, length)
+                    # Mostly a quick take-over, sometimes one that outlasts T.
+                    gap = rng.uniform(0.001, 0.1 if rng.random() < 0.7 else 2.0) * T
+                    how = rng.choice(("now", "step", "persist"))
+                    self._control(at, partial(self._handoff_someone, how, gap))
+            if self.boundary and rng.random() < 0.5:
+                # Cut the leader off right after a round renewed its lease: with
+                # no delays and the earliest timers, the others elect a leader
+                # the instant their promises end.
+                at = t + rng.uniform(0, length)
+                self._control(at, partial(self._cut_off_leader, rng.uniform(1.5, 3.0) * T))
             t += length
 
     def _set_network(
@@ -542,7 +853,27 @@ class Simulation:
         except (NotLeaderError, TransferError):
             return
         self._note(self.ids[holder], "transfer", to)
-        self._after(holder, out, None, 0.0)
+        self._after(holder, out)
+
+    def _handoff_someone(self, how: str, gap: float) -> None:
+        """Hand a node (the leader more often than not) over to its next process:
+        at once, or by dying inside its next step (or its next persisting step)
+        between persisting and publishing."""
+        holder = self._lease_holder()
+        if holder is not None and self.rng.random() < 0.6:
+            i = holder
+        else:
+            i = self.rng.randrange(len(self.ids))
+        if how == "now":
+            self._handoff(i, gap)
+        elif self.nodes[i] is not None:
+            self.dies_in_step[i] = (how, gap)
+
+    def _cut_off_leader(self, duration: float) -> None:
+        """Cut the lease holder off, both ways, the instant its lease is next renewed."""
+        holder = self._lease_holder()
+        if holder is not None:
+            self.cut_off_at_renewal = (holder, duration, self.now + self.T)
 
     def _restart_someone(self) -> None:
         down = [i for i, node in enumerate(self.nodes) if node is None]
@@ -560,6 +891,8 @@ class Simulation:
     # Phase 2: heal, then a leader must appear within 10 T.
     def _heal(self) -> None:
         self._set_network()
+        self.dies_in_step = [None] * len(self.ids)
+        self.cut_off_at_renewal = None
         for i in range(len(self.ids)):
             self._resume(i)
             self._restart(i)
@@ -658,7 +991,12 @@ class Summary:
     schedules: int = 0
     elections: int = 0
     events: int = 0
+    #: Failover times of the schedules not played at the boundary (those have no
+    #: network delay and the earliest timers: their failovers are not typical).
     failovers: list[float] = field(default_factory=list)
+    boundary: int = 0
+    handoffs: int = 0
+    refused: int = 0
     violations: collections.Counter[str] = field(default_factory=collections.Counter)
     failed: list[ScheduleResult] = field(default_factory=list)
     seconds: float = 0.0
@@ -668,7 +1006,10 @@ class Summary:
         self.schedules += 1
         self.elections += r.elections
         self.events += r.events
-        if r.failover is not None:
+        self.boundary += r.boundary
+        self.handoffs += r.handoffs
+        self.refused += r.refused
+        if r.failover is not None and not r.boundary:
             self.failovers.append(r.failover)
         for kind, _, _ in r.violations:
             self.violations[kind] += 1
@@ -746,6 +1087,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=30, help="virtual seconds per schedule")
     p.add_argument("--max-drift", type=float, default=0.01, help="clock rate bound (0.01=1%%)")
     p.add_argument(
+        "--boundary",
+        type=float,
+        default=0.25,
+        help="share of schedules played at the edge: no delay, extreme drift, earliest timers"
+        " (default 0.25)",
+    )
+    p.add_argument(
+        "--stale-nodes",
+        type=int,
+        default=0,
+        help="this many voters list only the first --stale-voters voters: a change of the"
+        " voter set not made everywhere (default 0)",
+    )
+    p.add_argument("--stale-voters", type=int, default=0, help="see --stale-nodes")
+    p.add_argument(
         "--faults",
         type=_parse_faults,
         default=frozenset(FAULTS),
@@ -757,10 +1113,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (1 on any violation)."""
-    args = _parser().parse_args(argv)
-    cfg = SimConfig(
+def _sim_config(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(
         nodes=args.nodes,
         observers=args.observers,
         elect_timeout=args.elect_timeout / 1000.0,
@@ -768,7 +1122,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration=args.duration,
         faults=args.faults,
         max_drift=args.max_drift,
+        boundary=args.boundary,
+        stale_nodes=args.stale_nodes,
+        stale_voters=args.stale_voters,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (1 on any violation)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = _sim_config(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.replay is not None:
         result = Simulation(cfg, args.replay, verbose=True).run()
         for kind, at, detail in result.violations:
@@ -791,6 +1158,9 @@ def _print_summary(summary: Summary, cfg: SimConfig, args: argparse.Namespace) -
         "virtual_seconds_per_schedule": cfg.duration,
         "elections": summary.elections,
         "events": summary.events,
+        "boundary_schedules": summary.boundary,
+        "handoffs": summary.handoffs,
+        "refused_voter_set": summary.refused,
         "wall_seconds": round(summary.seconds, 2),
         "schedules_per_second": round(rate, 2),
         "jobs": args.jobs,
@@ -808,7 +1178,11 @@ def _print_summary(summary: Summary, cfg: SimConfig, args: argparse.Namespace) -
             f"schedules: {summary.schedules} ({cfg.nodes} voters + {cfg.observers} observers,"
             f" {cfg.duration:g} virtual s each, faults: {','.join(sorted(cfg.faults)) or 'none'})"
         )
-        print(f"elections: {summary.elections}   events: {summary.events}")
+        print(
+            f"elections: {summary.elections}   events: {summary.events}   handoffs:"
+            f" {summary.handoffs}   at the boundary: {summary.boundary} schedules"
+            + (f"   refused (voter set): {summary.refused}" if summary.refused else "")
+        )
         print(
             f"throughput: {rate:.1f} schedules/s on {args.jobs} process(es)"
             f" ({summary.seconds:.1f} s wall)"
@@ -817,7 +1191,8 @@ def _print_summary(summary: Summary, cfg: SimConfig, args: argparse.Namespace) -
             print(
                 f"failover after leader crash (virtual): median {figures['failover_ms_median']} ms,"
                 f" p99 {figures['failover_ms_p99']} ms, max {figures['failover_ms_max']} ms"
-                f" over {len(fo)} crashes (T = {cfg.elect_timeout * 1000:g} ms)"
+                f" over {len(fo)} crashes (T = {cfg.elect_timeout * 1000:g} ms; schedules at the"
+                " boundary left out)"
             )
         print("violations: " + ", ".join(f"{k} {v}" for k, v in figures["violations"].items()))
     for r in summary.failed[:3]:
@@ -834,7 +1209,12 @@ def _replay_args(args: argparse.Namespace) -> str:
         f"--nodes {args.nodes} --observers {args.observers}"
         f" --elect-timeout {args.elect_timeout:g} --heartbeat-interval {args.heartbeat_interval:g}"
         f" --duration {args.duration:g} --max-drift {args.max_drift:g}"
-        f" --faults {','.join(sorted(args.faults)) or 'none'}"
+        f" --boundary {args.boundary:g} --faults {','.join(sorted(args.faults)) or 'none'}"
+        + (
+            f" --stale-nodes {args.stale_nodes} --stale-voters {args.stale_voters}"
+            if args.stale_nodes
+            else ""
+        )
     )
 
 

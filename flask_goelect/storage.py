@@ -256,8 +256,13 @@ class FileStorage:
     def save(self, state: HardState) -> None:
         """Write ``state`` atomically and, unless ``fsync=False``, durably.
 
-        Writing the state that is already on disk does nothing. If this raises,
-        the file still holds the previous state.
+        Writing the state that is already on disk does nothing. If this raises
+        before the new file is renamed over the old one, the file still holds
+        the previous state. If only the fsync of the folder fails, after the
+        rename, the file already holds the new state (a later :meth:`load` reads
+        it), but the rename may not be durable: after a crash of the machine the
+        file may hold either state. Either way the caller must not send anything
+        that depends on the new state (the elector stops).
 
         :raises ValueError: if ``state`` would lower the term or change the vote
             of the current term (see :func:`check_transition`).

@@ -7,7 +7,9 @@ everything; a transport may also have ``prepare(peer)``, which the runner calls
 once per peer at start to set up what a first call would otherwise pay for.
 Every failure (peer down, timeout, HTTP error, a reply that does not
 parse or that claims to come from another node) is one exception type,
-:class:`TransportError`, whose text names the peer and the problem.
+:class:`TransportError`, whose text names the peer and the problem; a peer
+configured with another voter set answers 409 ``voter_set_mismatch``, and the
+text names it and says what to check.
 
 :class:`HttpTransport` speaks the wire contract of DESIGN.md over HTTP with
 ``requests``: ``POST {address}{prefix}/rpc/{vote|heartbeat|timeout-now}`` with the
@@ -477,6 +479,8 @@ class HttpTransport:
             if exc.kind == "protocol" and "too large" in str(exc):
                 raise TransportError(f"{what} sent {exc}") from None
             raise TransportError(f"{what} is unreachable: {exc}") from None
+        if reply.status == 409:
+            raise TransportError(_conflict_text(what, reply.body[:4096]))
         if not 200 <= reply.status < 300:
             text = " ".join(reply.body[:200].decode("utf-8", "replace").split())
             raise TransportError(f"{what} answered HTTP {reply.status}: {text or '(no body)'}")
@@ -521,6 +525,8 @@ class HttpTransport:
             )
             raw = resp.raw
             try:
+                if resp.status_code == 409:
+                    raise TransportError(_conflict(what, resp))
                 if not 200 <= resp.status_code < 300:
                     raise TransportError(
                         f"{what} answered HTTP {resp.status_code}: {_snippet(resp)}"
@@ -608,6 +614,26 @@ def _snippet(resp: requests.Response) -> str:
         text = ""
     text = " ".join(text.split())
     return text or resp.reason or "(no body)"
+
+
+def _conflict(what: str, resp: requests.Response) -> str:
+    """The text of a 409: another cluster, or another voter set (the peer's message)."""
+    try:
+        body = resp.raw.read(4096, decode_content=True)
+    except Exception:
+        body = b""
+    return _conflict_text(what, body, resp.reason)
+
+
+def _conflict_text(what: str, body: bytes, reason: str | None = None) -> str:
+    try:
+        data = json.loads(body)
+        error, message = data["error"], data["message"]
+    except Exception:
+        return f"{what} answered HTTP 409: {reason or 'conflict'}"
+    if error == "voter_set_mismatch":
+        return f"{what} refused the request (HTTP 409 voter_set_mismatch): {str(message)[:600]}"
+    return f"{what} answered HTTP 409: {str(error)[:64]}: {str(message)[:300]}"
 
 
 def _reason(exc: BaseException) -> str:

@@ -6,6 +6,7 @@ fault of goelect that it guards against. Time is manual and randomness seeded.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -16,11 +17,15 @@ from flask_goelect.core import (
     Config,
     ConfigError,
     HardState,
+    LeaderInfo,
     Node,
     NotLeaderError,
+    Output,
     Peer,
+    Resume,
     Role,
     TransferError,
+    VoterSetMismatch,
 )
 from flask_goelect.messages import (
     Heartbeat,
@@ -99,21 +104,22 @@ def test_terms_never_decrease_under_random_messages() -> None:
 def test_goelect_fault_one_vote_per_term() -> None:
     """§5.2, goelect fault "votedFor is written but never read": one vote per term."""
     node = fresh()
-    out = node.step(VoteRequest("b", 1), 0.0)
+    out = node.step(VoteRequest("b", 1), T)  # T: past the promise of its start
     assert isinstance(out.reply, VoteReply) and out.reply.granted
     # The vote is in the same output as the reply: persisted before it leaves.
     assert out.persist == HardState(1, "b")
-    out = node.step(VoteRequest("c", 1), 0.0)
+    out = node.step(VoteRequest("c", 1), T)
     assert isinstance(out.reply, VoteReply) and not out.reply.granted
     assert node.voted_for == "b"
     # Asking again for the same candidate is answered the same (a retry).
-    out = node.step(VoteRequest("b", 1), 0.0)
+    out = node.step(VoteRequest("b", 1), T)
     assert isinstance(out.reply, VoteReply) and out.reply.granted
 
 
 def test_vote_survives_restart() -> None:
     """§5.2 and goelect fault "term and vote are not persisted"."""
     net = Net()
+    net.now = T  # past the promise of the first start
     net.step("a", VoteRequest("b", 1))
     assert net.stored["a"] == HardState(1, "b")
     net.crash("a")
@@ -266,10 +272,37 @@ def test_restarted_node_keeps_promises_for_T() -> None:
     assert isinstance(out.reply, VoteReply) and out.reply.granted
 
 
-def test_brand_new_node_has_no_promise_to_keep() -> None:
+def test_every_start_keeps_the_promise_even_at_term_0() -> None:
+    """Issue 10: a node cannot tell a fresh disk from a lost one, so term 0 waits T too."""
     node = Node(make_config("b", "abc"), HardState(), now=100.0, rng=random.Random(1))
-    out = node.step(VoteRequest("c", 1), 100.0)
+    assert node.promise_until == 100.0 + T
+    assert "after its start" in node.start_reason
+    for transfer in (False, True):  # not even a transfer's vote: which leader hands over?
+        out = node.step(VoteRequest("c", 1, transfer=transfer), 100.0 + 0.99 * T)
+        assert isinstance(out.reply, VoteReply) and not out.reply.granted
+        assert "after its start" in out.reply.reason
+        assert node.term == 0 and node.voted_for is None and out.persist is None
+    out = node.step(VoteRequest("c", 1, pre_vote=True), 100.0 + 0.99 * T)
+    assert isinstance(out.reply, VoteReply) and not out.reply.granted
+    out = node.step(VoteRequest("c", 1), 100.0 + T)
     assert isinstance(out.reply, VoteReply) and out.reply.granted
+
+
+def test_follower_restarted_on_an_empty_disk_does_not_elect_a_second_leader() -> None:
+    """Issue 10: a follower counted in the lease loses its disk (a container without
+    a volume) and restarts at term 0: it must not help elect a leader inside the lease."""
+    net = Net()
+    net.elect("a")
+    a, now = net.nodes["a"], net.now
+    assert a.is_leader(now)
+    net.crash("b")
+    net.stored["b"] = HardState()  # the state file is gone
+    b = net.restart("b")
+    # c, cut off from a, campaigns at once (its pre-vote and vote go to b).
+    for pre_vote in (True, False):
+        out = b.step(VoteRequest("c", 2, pre_vote=pre_vote), now)
+        assert isinstance(out.reply, VoteReply) and not out.reply.granted
+    assert b.term == 0 and b.voted_for is None and a.is_leader(now)
 
 
 # -- thesis §6.2 check quorum -----------------------------------------------------
@@ -295,6 +328,50 @@ def test_leader_with_majority_stays() -> None:
     net.cut |= {("a", "d"), ("d", "a"), ("a", "e"), ("e", "a")}
     net.advance(20 * T)
     assert net.leaders() == ["a"] and net.nodes["a"].term == 1
+
+
+@pytest.mark.parametrize(("reply_delay", "stays"), [(0.5, True), (0.995, False)])
+def test_check_quorum_counts_an_ack_by_its_rounds_send_time(
+    reply_delay: float, stays: bool
+) -> None:
+    """Issue 10: replies that keep arriving between T(1 - drift) and T after their
+    round was sent give no lease (it counts from the send time); counted by arrival
+    they kept the leader from stepping down, and the followers, hearing heartbeats,
+    never timed out: a leader nobody could use, for ever."""
+    ids = "abc"
+    nodes = {i: Node(make_config(i, ids), HardState(), now=0.0, rng=random.Random(i)) for i in ids}
+    a = nodes["a"]
+    t = a.next_deadline()
+    a.tick(t)  # a asks for pre-votes, b grants them and then its vote
+    a.step(VoteReply("b", 1, True, pre_vote=True), t)
+    out = a.step(VoteReply("b", 1, True), t)
+    assert a.role is Role.LEADER
+    elected = t
+    pending: list[tuple[float, HeartbeatReply]] = []
+    leader_until, held_lease = elected, False
+    while t < elected + 10 * T:
+        for to, msg in out.messages:
+            reply = nodes[to].step(msg, t).reply  # heartbeats arrive at once...
+            assert isinstance(reply, HeartbeatReply)
+            pending.append((t + reply_delay * T, reply))  # ...their replies late
+        t = round(t + 0.01, 6)
+        for i in "bc":
+            assert nodes[i].next_deadline() > t, "a follower timed out while a heartbeats"
+        out = a.tick(t) if a.role is Role.LEADER and a.next_deadline() <= t else Output()
+        for due in [p for p in pending if p[0] <= t]:
+            pending.remove(due)
+            a.step(due[1], t)
+        if a.role is not Role.LEADER:
+            break
+        leader_until, held_lease = t, held_lease or a.is_leader(t)
+    assert held_lease is stays
+    if stays:
+        assert a.role is Role.LEADER
+    else:
+        assert a.role is Role.FOLLOWER
+        # Past the grace of T, at the first tick once no majority-acked round is
+        # younger than T(1 - drift).
+        assert leader_until - elected <= T + 2 * HB
 
 
 # -- thesis §6.4.1 leader lease ---------------------------------------------------
@@ -356,7 +433,7 @@ def test_goelect_fault_transfer_hands_over_in_one_round_trip() -> None:
     a = net.nodes["a"]
     out = net.handle("a", a.transfer_leadership(net.now, "c"))
     assert a.role is Role.FOLLOWER and not a.is_leader(net.now) and a.lease_until == 0.0
-    assert out.messages == [("c", TimeoutNow("a", 1))]
+    assert out.messages == [("c", TimeoutNow("a", 1, a.config.voter_set_fingerprint))]
     net.deliver()  # no time passes: the followers are all sticky to a
     assert net.leaders() == ["c"] and net.nodes["c"].term == 2
     assert net.nodes["c"].is_leader(net.now)
@@ -398,8 +475,9 @@ def test_timeout_now_only_from_the_current_leader() -> None:
 def test_transfer_campaign_still_needs_a_free_vote() -> None:
     """A transfer bypasses stickiness, never the one-vote-per-term rule."""
     node = fresh("b")
-    node.step(VoteRequest("a", 3, transfer=True), 0.0)
-    out = node.step(VoteRequest("c", 3, transfer=True), 0.0)
+    out = node.step(VoteRequest("a", 3, transfer=True), T)
+    assert isinstance(out.reply, VoteReply) and out.reply.granted
+    out = node.step(VoteRequest("c", 3, transfer=True), T)
     assert isinstance(out.reply, VoteReply) and not out.reply.granted
 
 
@@ -479,6 +557,176 @@ def test_config_error_names_its_field_only_when_there_is_one() -> None:
         Config("bad id!")
     assert info.value.field == "node_id"
     assert ConfigError("the whole config").field is None
+
+
+# -- the voter set every request states (issue 10) --------------------------------------
+
+
+def test_voter_set_fingerprint_depends_on_who_votes_only() -> None:
+    abc = make_config("a", "abc").voter_set_fingerprint
+    assert abc.startswith("3:") and len(abc) == 2 + 16
+    assert make_config("b", "cba").voter_set_fingerprint == abc  # order, and which node
+    assert make_config("a", "abco", observers="o").voter_set_fingerprint == abc
+    moved = Config("a", (Peer("a", "http://x"), Peer("b", "http://y", tags={"z": "1"}), Peer("c")))
+    assert moved.voter_set_fingerprint == abc  # addresses and tags are not votes
+    assert make_config("a", "abcd").voter_set_fingerprint.startswith("4:")
+    assert make_config("a", "abc", observers="c").voter_set_fingerprint != abc
+
+
+def _mirror(node: Node) -> tuple[object, ...]:
+    return (
+        node.term,
+        node.voted_for,
+        node.role,
+        node.leader_id,
+        node.promise_until,
+        node.next_deadline(),
+        dict(node.last_contact),
+        node.hard_state,
+    )
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        VoteRequest("c", 5),
+        VoteRequest("c", 5, pre_vote=True),
+        VoteRequest("c", 5, transfer=True),
+        Heartbeat("c", 5, 1),
+        TimeoutNow("c", 1),
+    ],
+    ids=lambda m: type(m).__name__ + ("-pre" if getattr(m, "pre_vote", False) else ""),
+)
+def test_request_of_another_voter_set_is_refused_and_changes_nothing(msg: object) -> None:
+    """Issue 10: nodes that count different majorities must not count each other."""
+    net = Net()
+    net.elect("a")
+    net.advance(2 * T)
+    b = net.nodes["b"]
+    five = make_config("c", "abcde").voter_set_fingerprint
+    before = _mirror(b)
+    with pytest.raises(VoterSetMismatch) as info:
+        b.step(dataclasses.replace(msg, voter_set=five), net.now + 3 * T)  # type: ignore[type-var]
+    assert _mirror(b) == before
+    assert (info.value.sender, info.value.theirs) == ("c", five)
+    assert info.value.ours == b.config.voter_set_fingerprint
+    assert "5 voters" in str(info.value) and "3 voters" in str(info.value)
+    assert "docs/membership.md" in str(info.value)
+
+
+def test_every_request_states_the_voter_set_and_one_that_does_not_is_not_checked() -> None:
+    net = Net(ids="abcde")
+    net.elect("a")
+    net.advance(2 * T)
+    net.nodes["a"].transfer_leadership(net.now, "b")
+    fingerprint = net.nodes["a"].config.voter_set_fingerprint
+    requests = [m for _, _, m in net.sent if isinstance(m, (VoteRequest, Heartbeat, TimeoutNow))]
+    assert {type(m) for m in requests} == {VoteRequest, Heartbeat}
+    assert {m.voter_set for m in requests} == {fingerprint}
+    # A sender of an earlier version (or a tool) states none: it is answered.
+    out = net.nodes["c"].step(Heartbeat("a", 1, 99), net.now)
+    assert isinstance(out.reply, HeartbeatReply) and out.reply.success
+
+
+def test_a_node_left_on_the_old_voter_list_wins_no_vote_from_the_new_one() -> None:
+    """A change from 3 to 5 voters half done: n1 still lists n1-n3 (quorum 2). Were
+    n2's vote counted, n1 would lead while n3-n5 elect another leader in the term."""
+    old = make_config("n1", ["n1", "n2", "n3"])
+    new = make_config("n2", [f"n{i}" for i in range(1, 6)])
+    n1 = Node(old, HardState(4, None), now=0.0, rng=random.Random(1))
+    n2 = Node(new, HardState(4, None), now=0.0, rng=random.Random(2))
+    out = n1.tick(n1.next_deadline())
+    requests = [m for to, m in out.messages if to == "n2"]
+    assert requests and all(m.voter_set == old.voter_set_fingerprint for m in requests)
+    with pytest.raises(VoterSetMismatch):
+        n2.step(requests[0], 5 * T)
+    assert n2.term == 4 and n2.voted_for is None
+
+
+# -- resuming in another process of the same node (issue 10) ------------------------------
+
+
+def _record(node: Node) -> Resume:
+    """The snapshot a process publishes, as the next process of its node reads it."""
+    return Resume(node.term, node.leader, node.lease_until)
+
+
+def test_resume_as_the_leader_it_was_keeps_term_lease_and_heartbeats_at_once() -> None:
+    net = Net()
+    net.elect("a")
+    net.advance(3 * HB)
+    a = net.nodes["a"]
+    record, lease = _record(a), a.lease_until
+    net.crash("a")
+    net.now += 0.02  # the next process takes over from the same state file
+    cfg = net.config("a")
+    a2 = Node(cfg, net.stored["a"], now=net.now, rng=random.Random(3), resume=record)
+    net.nodes["a"] = a2
+    net.crashed.discard("a")
+    assert a2.role is Role.LEADER and a2.term == 1 and a2.leader == a.leader
+    assert a2.lease_until == lease and a2.is_leader(net.now)
+    assert "resumed as leader of term 1" in a2.start_reason
+    assert a2.next_deadline() == net.now  # heartbeats at the first tick
+    out = net.tick("a")
+    assert sorted(to for to, m in out.messages if isinstance(m, Heartbeat)) == ["b", "c"]
+    net.deliver()
+    assert a2.lease_until > lease  # the followers ack it as their leader of term 1
+    net.advance(5 * T)
+    assert net.leaders() == ["a"] and a2.term == 1 and a2.is_leader(net.now)
+
+
+def test_resumed_lease_is_capped_and_check_quorum_gives_T_of_grace() -> None:
+    cfg = make_config("a", "abc")
+    state = HardState(7, "a")
+    record = Resume(7, LeaderInfo("a", "http://a", {}), lease_until=100.0 + 5 * T)
+    a = Node(cfg, state, now=100.0, rng=random.Random(1), resume=record)
+    assert a.lease_until == pytest.approx(100.0 + T * (1 - cfg.max_drift))
+    a.tick(100.0)
+    a.tick(100.0 + 0.95 * T)  # nobody answers, but the grace runs from the resume
+    assert a.role is Role.LEADER
+    a.tick(100.0 + T + HB)
+    assert a.role is Role.FOLLOWER and not a.is_leader(100.0 + T + HB)
+
+
+@pytest.mark.parametrize(
+    ("state", "words"),
+    [
+        (HardState(8, "c"), "the state file is in term 8"),  # died after persisting
+        (HardState(7, "b"), "voted for b"),
+        (HardState(7, None), "voted for None"),
+    ],
+)
+def test_no_leadership_is_resumed_that_the_state_file_does_not_back(
+    state: HardState, words: str
+) -> None:
+    """Newer on disk than in the record: the old process voted or campaigned after
+    publishing it. Same term but no vote for itself: it did not win that term."""
+    record = Resume(7, LeaderInfo("a", "http://a", {}), lease_until=100.0 + 0.5 * T)
+    a = Node(make_config("a", "abc"), state, now=100.0, rng=random.Random(1), resume=record)
+    assert a.role is Role.FOLLOWER and a.leader_id is None and not a.is_leader(100.0)
+    assert (a.term, a.voted_for) == (state.term, state.voted_for)
+    assert words in a.start_reason and "not resumed" in a.start_reason
+
+
+def test_follower_resumes_knowing_its_leader_and_keeps_the_start_promise() -> None:
+    leader = LeaderInfo("a", "http://a", {"zone": "z1"})
+    b = Node(
+        make_config("b", "abc"),
+        HardState(7, "a"),
+        now=100.0,
+        rng=random.Random(1),
+        resume=Resume(7, leader),
+    )
+    assert b.role is Role.FOLLOWER and b.leader == leader and b.term == 7
+    assert "resumed following leader a" in b.start_reason
+    assert b.promise_until == 100.0 + T
+    out = b.step(VoteRequest("c", 8), 100.0 + 0.5 * T)
+    assert isinstance(out.reply, VoteReply) and not out.reply.granted
+    stale = Node(
+        make_config("b", "abc"), HardState(8, None), now=0.0, rng=random.Random(1),
+        resume=Resume(7, leader),
+    )  # fmt: skip
+    assert stale.leader_id is None and stale.term == 8
 
 
 # -- who leads ---------------------------------------------------------------------------

@@ -34,11 +34,19 @@ from flask_goelect.messages import (
     to_wire,
     validate_node_id,
     validate_tags,
+    voter_set_fingerprint,
 )
 
 # One fully populated example of every message type, with no field at its default.
+VOTERS = voter_set_fingerprint(["n1", "n2", "n3"])
 FULL: dict[type[Any], dict[str, Any]] = {
-    VoteRequest: {"sender": "n1", "term": 3, "pre_vote": True, "transfer": True},
+    VoteRequest: {
+        "sender": "n1",
+        "term": 3,
+        "pre_vote": True,
+        "transfer": True,
+        "voter_set": VOTERS,
+    },
     VoteReply: {"sender": "n2", "term": 3, "granted": True, "pre_vote": True, "reason": "ok"},
     Heartbeat: {
         "sender": "n1",
@@ -46,18 +54,19 @@ FULL: dict[type[Any], dict[str, Any]] = {
         "seq": 17,
         "address": "http://10.0.0.1:5000",
         "tags": {"zone": "eu-1", "role": ""},
+        "voter_set": VOTERS,
     },
     HeartbeatReply: {"sender": "n3", "term": 4, "seq": 17, "success": True},
-    TimeoutNow: {"sender": "n1", "term": 5},
+    TimeoutNow: {"sender": "n1", "term": 5, "voter_set": VOTERS},
     TimeoutNowReply: {"sender": "n2", "term": 5, "accepted": True},
 }
 # The fields each type may leave out, and the value they then take.
 DEFAULTS: dict[type[Any], dict[str, Any]] = {
-    VoteRequest: {"pre_vote": False, "transfer": False},
+    VoteRequest: {"pre_vote": False, "transfer": False, "voter_set": ""},
     VoteReply: {"pre_vote": False, "reason": ""},
-    Heartbeat: {"address": "", "tags": {}},
+    Heartbeat: {"address": "", "tags": {}, "voter_set": ""},
     HeartbeatReply: {},
-    TimeoutNow: {},
+    TimeoutNow: {"voter_set": ""},
     TimeoutNowReply: {},
 }
 CLASSES = list(FULL)
@@ -233,6 +242,35 @@ def test_str_field_size(cls: type[Any], name: str) -> None:
     rejects(cls, with_field(cls, name, "x" * 1_000_000), repr(name))
 
 
+# -- the voter set ----------------------------------------------------------------
+
+
+def test_voter_set_fingerprint_is_count_and_digest_of_the_sorted_ids() -> None:
+    assert VOTERS == voter_set_fingerprint(["n3", "n1", "n2", "n1"])
+    count, _, digest = VOTERS.partition(":")
+    assert count == "3" and len(digest) == 16 and int(digest, 16) >= 0
+    assert voter_set_fingerprint(["n1", "n2"]) != VOTERS
+    assert voter_set_fingerprint(["n1", "n2", "n4"]).startswith("3:")
+    assert voter_set_fingerprint(["n1", "n2", "n4"]) != VOTERS
+    with pytest.raises(ValueError):
+        voter_set_fingerprint([])
+
+
+@pytest.mark.parametrize("cls", [VoteRequest, Heartbeat, TimeoutNow], ids=ids)
+@pytest.mark.parametrize(
+    "bad", ["3", "3:", "0:0123456789abcdef", "3:0123456789ABCDEF", "3:0123", "x" * 40, " 3:0"]
+)
+def test_voter_set_must_be_a_fingerprint_or_empty(cls: type[Any], bad: str) -> None:
+    rejects(cls, with_field(cls, "voter_set", bad), "'voter_set'")
+    assert from_wire(cls, with_field(cls, "voter_set", "")).voter_set == ""
+    assert from_wire(cls, with_field(cls, "voter_set", "12:0123456789abcdef")).voter_set
+
+
+@pytest.mark.parametrize("cls", [VoteReply, HeartbeatReply, TimeoutNowReply], ids=ids)
+def test_replies_carry_no_voter_set(cls: type[Any]) -> None:
+    rejects(cls, with_field(cls, "voter_set", VOTERS), "unknown", "'voter_set'")
+
+
 # -- sender ids -----------------------------------------------------------------
 
 VALID_IDS = ["n1", "1", "a" * MAX_ID_LENGTH, "node-1.eu_west:5000", "N.-_:"]
@@ -349,6 +387,7 @@ VALID_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "address": st.text(max_size=40),
     "reason": st.text(max_size=40),
     "tags": st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=8), max_size=4),
+    "voter_set": st.just("") | st.lists(st.text(max_size=4), min_size=1).map(voter_set_fingerprint),
 }
 
 
