@@ -172,14 +172,17 @@ def test_tiny_scale_run() -> None:
         ScaleConfig(
             voters=2,
             observers=1,
-            elect_timeout=300,
-            heartbeat_interval=50,
+            # A smoke run of the code path, not a measurement: timings a busy
+            # machine cannot disturb into a second election during the watch.
+            elect_timeout=1000,
+            heartbeat_interval=100,
             watch_seconds=1.0,
             verbose=False,
         )
     )
     figures = {f["name"]: f for f in report["figures"]}
-    assert report["failures"] == 0, figures
+    failed = {name: (f["note"], f["samples"]) for name, f in figures.items() if f["failures"]}
+    assert report["failures"] == 0, failed or figures
     assert figures["time to a leader known by all 3 nodes"]["n"] == 1
     assert figures["CPU, observer"]["n"] == 1 and figures["CPU, voting follower"]["n"] == 1
     assert figures["memory per node (RSS)"]["median"] > 10
