@@ -94,6 +94,46 @@ _log = logging.getLogger("flask_goelect")
 EXIT_SETTLE = 0.05
 
 
+#: How long a hand-off to another process of the node waits for the elector's
+#: workers (a sender blocked on a slow peer is abandoned, not waited for).
+HANDOFF_STOP = 0.1
+
+#: How long an exiting elector process waits for a new worker of its server, forked
+#: after it, to join the node (a reload), before it hands leadership to another node.
+REPLACEMENT_WAIT = 10.0
+
+
+def _replacement_booting() -> bool:
+    """Whether this process is a worker of a preforking server (gunicorn, uWSGI) and
+    the server has forked a worker after this one that is still alive: a
+    replacement, loading the app (Linux only: it reads ``/proc``)."""
+    if "gunicorn.workers.base" not in sys.modules and server_worker_id() is None:
+        return False
+    master, me = os.getppid(), os.getpid()
+    try:
+        mine = _start_time(me)
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == me:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # fields[0] is the state (field 3), fields[1] the parent (field 4),
+            # fields[19] the start time (field 22), in clock ticks since boot.
+            if int(fields[1]) == master and fields[0] != "Z" and int(fields[19]) > mine:
+                return True
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
+
+
+def _start_time(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
 def tls_session(settings: Settings) -> requests.Session:
     """A ``requests`` session with this node's TLS settings (CA, client certificate)."""
     import requests
@@ -567,7 +607,7 @@ class NodeRunner:
             elector.stop(transfer=False, timeout=1.0)
             raise
         try:
-            elector.start()
+            elector.start(resume=self._resume(record))
         except BaseException:
             server.close()
             raise
@@ -575,6 +615,22 @@ class NodeRunner:
         self._server = server
         self.elector = elector
         self.role = Role.ELECTOR
+
+    def _resume(self, record: SharedRecord) -> core.Resume | None:
+        """Where the node's previous elector process left off: its last record.
+
+        The record is written after the state it shows was persisted, and only
+        a record of this boot of the machine is taken (its lease is a time on
+        this boot's clock); the core checks the rest against the state file.
+        """
+        last = record.read()
+        if last is None or not last.this_boot:
+            return None
+        snap = last.snapshot
+        if snap.node_id != self.settings.node_id or snap.state is State.STOPPED:
+            return None
+        lease = snap.lease_until if snap.state is State.LEADER else 0.0
+        return core.Resume(term=snap.term, leader=snap.leader, lease_until=lease)
 
     def stop(self, transfer: bool, timeout: float) -> Elector | None:
         """This process leaves the node; returns its elector if one was running.
@@ -661,11 +717,21 @@ class NodeRunner:
         return server.address if server is not None else ""
 
     def _successor_exists(self, locks: LockFile) -> bool:
-        if self._exiting:
-            # The server may be stopping every worker at once: give the others a
-            # moment to show that they are leaving too.
-            locks.leave()
-            time.sleep(EXIT_SETTLE)
+        if not self._exiting:
+            return bool(locks.other_members())
+        # The server may be stopping every worker at once: give the others a
+        # moment to show that they are leaving too.
+        locks.leave()
+        time.sleep(EXIT_SETTLE)
+        if locks.other_members():
+            return True
+        # A reload (gunicorn's HUP) starts new workers, then stops the old ones
+        # before the new ones have loaded the app: wait for them to join.
+        deadline = time.monotonic() + REPLACEMENT_WAIT
+        while _replacement_booting() and time.monotonic() < deadline:
+            if locks.other_members():
+                return True
+            time.sleep(0.02)
         return bool(locks.other_members())
 
     def _hand_off(self, elector: Elector, timeout: float) -> None:
@@ -682,20 +748,27 @@ class NodeRunner:
                 os.getpid(),
                 self.inflight.count,
             )
+        started = time.monotonic()
         record = self._record
-        snap = elector.snapshot
         elector.remove_listeners()
+        snap = elector.snapshot
+        # Quickly: the node's followers wait for the next process's heartbeats, and
+        # nothing of this elector may outlive the stop (the gate is drained, leader
+        # tasks are cancelled and their greenlets killed).
+        elector.stop(transfer=False, timeout=HANDOFF_STOP)
         if record is not None:
+            # The last snapshot it published (steps after it can only have moved the
+            # state file on, and the next process then does not resume from it).
             record.write(NodeRecord(snap, os.getpid(), running=True, handoff=True, address=""))
-        elector.stop(transfer=False, timeout=timeout)
         self.inflight.reopen()  # this process is now a member: it runs no more jobs
         _log.info(
             "flask-goelect: node %r: process %d hands the elector to another process of the"
-            " node (%s, term %d)",
+            " node (%s, term %d) after %.0f ms",
             self.settings.node_id,
             os.getpid(),
             snap.state,
             snap.term,
+            (time.monotonic() - started) * 1000,
         )
 
     def _close_server(self) -> None:

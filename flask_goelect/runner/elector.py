@@ -277,8 +277,14 @@ class Elector:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, resume: core.Resume | None = None) -> None:
         """Load the state, create the node and start the loop. Idempotent while running.
+
+        ``resume``: where a previous process of this node left off (its last
+        published snapshot); the core takes what it can trust of it
+        (:class:`~flask_goelect.core.Resume`). A node that starts as the leader
+        it was, or knowing its leader, reports that as a change to the callbacks
+        (its signals run in this process from now on).
 
         :raises RuntimeError: the elector was stopped (create a new one).
         :raises storage.StorageError: the state cannot be loaded.
@@ -294,7 +300,8 @@ class Elector:
             patched = is_patched()
             state = self._storage.load()
             rt = Runtime(patched, self._crashed)
-            node = core.Node(self.config, state, now=self._clock(), rng=self._rng)
+            now = self._clock()
+            node = core.Node(self.config, state, now=now, rng=self._rng, resume=resume)
             self._gen += 1
             run = self._run = _Run(self._gen, rt, node, state)
             self._tasks.cancel(None)
@@ -325,6 +332,24 @@ class Elector:
             try:
                 if run.callbacks is not None:
                     run.callbacks.start()
+                    if node.leader_id is not None:
+                        # Resumed: to this process's callbacks, that is a change.
+                        voter = self.node_id in self.config.voters
+                        start_role = core.Role.FOLLOWER if voter else core.Role.OBSERVER
+                        run.callbacks.enqueue(
+                            [
+                                core.Transition(
+                                    start_role,
+                                    node.role,
+                                    None,
+                                    node.leader_id,
+                                    node.term,
+                                    now,
+                                    node.start_reason,
+                                )
+                            ],
+                            self._pub.current,
+                        )
                 run.senders.start()
                 run.loop_worker = rt.start_loop(
                     f"goelect-{self.node_id}-loop", lambda event: self._loop(run, event), run.waker
@@ -336,11 +361,12 @@ class Elector:
                 raise
         mode = "the current hub" if patched else "its own thread"
         self.log.info(
-            "goelect %s: started in %s (term %d, voted for %s)",
+            "goelect %s: started in %s (term %d, voted for %s): %s",
             self.node_id,
             mode,
             state.term,
             state.voted_for,
+            node.start_reason,
         )
 
     def stop(self, transfer: bool = True, timeout: float = 5.0) -> None:
