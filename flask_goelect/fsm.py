@@ -56,7 +56,7 @@ def _edge(source: Role, target: Role, label: str, reason: str, why: str) -> Edge
     return Edge(source, target, label, re.compile(reason), why)
 
 
-F, P, C, L, O = Role.FOLLOWER, Role.PRE_CANDIDATE, Role.CANDIDATE, Role.LEADER, Role.OBSERVER
+F, P, C, L, OB = Role.FOLLOWER, Role.PRE_CANDIDATE, Role.CANDIDATE, Role.LEADER, Role.OBSERVER
 
 _TIMEOUT = r"election timeout: asking for pre-votes"
 _CAMPAIGN = r"campaigning"
@@ -83,8 +83,8 @@ EDGES: tuple[Edge, ...] = (
     _edge(P, F, "higher term", _HIGHER, "a message of a later term (§5.1)"),
     _edge(F, F, "new leader", _HEARD, "a heartbeat from another leader"),
     _edge(F, F, "higher term", _HIGHER, "a later term: the leader is forgotten"),
-    _edge(O, O, "new leader", _HEARD, "observers only follow"),
-    _edge(O, O, "higher term", _HIGHER, "observers only follow"),
+    _edge(OB, OB, "new leader", _HEARD, "observers only follow"),
+    _edge(OB, OB, "higher term", _HIGHER, "observers only follow"),
 )
 
 
@@ -122,10 +122,10 @@ _PLACE: dict[Role, tuple[float, float]] = {
     P: (470.0, 80.0),
     C: (770.0, 250.0),
     L: (470.0, 430.0),
-    O: (170.0, 470.0),
+    OB: (170.0, 470.0),
 }
-_FILL = {F: "#dbeafe", P: "#fef9c3", C: "#ffedd5", L: "#dcfce7", O: "#e5e7eb"}
-_STROKE = {F: "#1d4ed8", P: "#a16207", C: "#c2410c", L: "#15803d", O: "#4b5563"}
+_FILL = {F: "#dbeafe", P: "#fef9c3", C: "#ffedd5", L: "#dcfce7", OB: "#e5e7eb"}
+_STROKE = {F: "#1d4ed8", P: "#a16207", C: "#c2410c", L: "#15803d", OB: "#4b5563"}
 _RX, _RY = 72.0, 26.0
 _WIDTH, _HEIGHT = 940, 540
 
@@ -162,8 +162,7 @@ def svg(edges: Sequence[Edge] = EDGES) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_WIDTH} {_HEIGHT}"'
         f' width="{_WIDTH}" height="{_HEIGHT}" role="img"'
         ' aria-label="flask-goelect election state machine">',
-        "<title>flask-goelect: the election's state machine (from flask_goelect.fsm.EDGES)"
-        "</title>",
+        "<title>flask-goelect: the election's state machine (from flask_goelect.fsm.EDGES)</title>",
         "<style>"
         ".label{font:12px sans-serif;fill:#111827;text-anchor:middle}"
         ".label-bg{fill:#ffffff;fill-opacity:.9;stroke:#d1d5db}"

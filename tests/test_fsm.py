@@ -14,7 +14,7 @@ from pathlib import Path
 from core_net import Net
 
 from flask_goelect import fsm
-from flask_goelect.core import NotLeaderError, Role, Transition, TransferError
+from flask_goelect.core import NotLeaderError, Role, TransferError, Transition
 
 ROOT = Path(__file__).resolve().parents[1]
 

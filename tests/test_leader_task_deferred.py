@@ -1,4 +1,4 @@
-"""``@elect.leader_task`` at module level, before ``init_app``: deferred to every app bound later."""
+"""``@elect.leader_task`` before ``init_app``: kept for every app bound later."""
 
 from __future__ import annotations
 
