@@ -155,9 +155,9 @@ def svg(edges: Sequence[Edge] = EDGES) -> str:
     pair of roles labelled with every cause of :data:`EDGES` for that pair."""
     groups: dict[tuple[Role, Role], list[str]] = {}
     for e in edges:
-        labels = groups.setdefault((e.source, e.target), [])
-        if e.label not in labels:
-            labels.append(e.label)
+        causes = groups.setdefault((e.source, e.target), [])
+        if e.label not in causes:
+            causes.append(e.label)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_WIDTH} {_HEIGHT}"'
         f' width="{_WIDTH}" height="{_HEIGHT}" role="img"'
