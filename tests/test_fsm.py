@@ -89,3 +89,10 @@ def test_the_drawing_shows_every_role_and_every_cause() -> None:
 def test_the_committed_drawing_is_current() -> None:
     committed = (ROOT / "docs" / "_static" / "fsm.svg").read_text(encoding="utf-8")
     assert committed == fsm.svg(), "run: python -m flask_goelect.fsm --write docs/_static/fsm.svg"
+
+
+def test_the_table_in_the_docs_is_current() -> None:
+    text = (ROOT / "docs" / "state-machine.md").read_text(encoding="utf-8")
+    start = "<!-- generated: fsm table (python -m flask_goelect.fsm --table) -->\n"
+    block = text[text.index(start) + len(start) : text.index("<!-- end generated: fsm table")]
+    assert block == fsm.markdown_table(), "paste python -m flask_goelect.fsm --table there"
