@@ -4,43 +4,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+import test_cli
 from flask import Flask
 from live_nodes import Cluster, make_app
+from test_cli import cli_app, invoke
 
 from flask_goelect import LeaderElect, cli
 
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(2, tmp_path)
-    try:
-        c.wait_for_one_leader()
-        yield c
-    finally:
-        c.close()
-
-
-def cli_app(cluster: Cluster, node_id: str, tmp_path: Path, **config: Any) -> Flask:
-    """The app as ``flask`` loads it on the node's host: same config, no elector."""
-    app = make_app(
-        node_id,
-        GOELECT_PEERS=cluster.peers,
-        GOELECT_STATE_FILE=f"{tmp_path}/{node_id}.json",
-        GOELECT_ELECT_TIMEOUT=300,
-        GOELECT_HEARTBEAT_INTERVAL=30,
-        **config,
-    )
-    LeaderElect(app)
-    return app
-
-
-def invoke(app: Flask, *args: str) -> Any:
-    return app.test_cli_runner().invoke(args=["goelect", *args])
+#: The running 2-node cluster of test_cli (a fixture).
+cluster = test_cli.cluster
 
 
 def test_loopback_first_for_plain_http_addresses() -> None:
