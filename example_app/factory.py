@@ -11,6 +11,8 @@
 * ``GET /``: this node's view of the cluster (HTML); ``GET /jobs``: the job's
   settings and the end of the ledger (JSON).
 * Signal receivers that log every leadership change.
+* The live status page at ``GET /_goelect/ui`` and, with ``flask-goelect[metrics]``,
+  Prometheus metrics at ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -116,11 +118,29 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     ):
         signal.connect(receiver, sender=app)
 
+    # The live status page at /_goelect/ui (the library's default is off).
+    app.config.setdefault("GOELECT_STATUS_PAGE", True)
     elect.init_app(app)
+    _add_metrics(app)
     if settings.job_interval > 0:
         with app.app_context():
             elect.leader_task(ledger_job)
     return app
+
+
+def _add_metrics(app: Flask) -> None:
+    """``GET /metrics`` (Prometheus), when ``flask-goelect[metrics]`` is installed.
+
+    A registry per app: tests and launchers make several apps in one process, and
+    each app's collector names the same series.
+    """
+    try:
+        from prometheus_client import CollectorRegistry
+
+        from flask_goelect.metrics import GoelectMetrics
+    except ImportError:
+        return
+    GoelectMetrics(app, registry=CollectorRegistry())
 
 
 def _example() -> ExampleSettings:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -64,7 +65,7 @@ from flask_goelect.serving import NoDelayWSGIHandler
 
 from .events import EventPrinter, emit
 
-__all__ = ["build_config", "main", "parse_args"]
+__all__ = ["build_config", "main", "parse_args", "served_config"]
 
 log = logging.getLogger("example_app.node")
 
@@ -229,6 +230,20 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
         config["EXAMPLE_JOB_INTERVAL"] = args.job_interval
     if getattr(args, "drain_ms", 0):
         config["GOELECT_HANDOVER_DRAIN"] = args.drain_ms
+    return config
+
+
+def served_config(text: str) -> dict[str, Any]:
+    """The ``create_app`` config of a node under a WSGI server, from its options
+    (``EXAMPLE_ARGS``); the log goes to stderr with the node id and pid."""
+    args = parse_args(shlex.split(text))
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s {args.node_id} %(process)d %(levelname)s %(name)s: %(message)s",
+    )
+    config = build_config(args)
+    config["GOELECT_AUTOSTART"] = True
     return config
 
 

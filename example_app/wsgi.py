@@ -16,10 +16,7 @@ each worker of a preforking server, never in its master.
 
 from __future__ import annotations
 
-import logging
 import os
-import shlex
-import sys
 
 from flask import Flask
 
@@ -27,7 +24,7 @@ from flask_goelect.serving import exit_on_sigterm
 
 from .events import EventPrinter
 from .factory import create_app
-from .node import build_config, parse_args
+from .node import served_config
 
 __all__ = ["app", "make_app"]
 
@@ -37,15 +34,7 @@ def make_app() -> Flask:
     text = os.environ.get("EXAMPLE_ARGS", "").strip()
     if not text:
         return create_app()
-    args = parse_args(shlex.split(text))
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s {args.node_id} %(process)d %(levelname)s %(name)s: %(message)s",
-    )
-    config = build_config(args)
-    config["GOELECT_AUTOSTART"] = True
-    made = create_app(config)
+    made = create_app(served_config(text))
     if os.environ.get("EXAMPLE_EVENTS"):
         EventPrinter.install(made)
     return made

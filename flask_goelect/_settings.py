@@ -662,6 +662,17 @@ TABLE: tuple[ConfigKey, ...] = (
         " (loopback, not through a proxy) may; others get 401, and `/leader` and `/health`"
         " answer them with their status code and no ids or addresses.",
     ),
+    ConfigKey(
+        "STATUS_PAGE",
+        False,
+        _flag,
+        doc="Serve the live status page at `GET <prefix>/ui`: every node's role, term,"
+        " leader, lease and last contact, and the election's state machine.",
+        more="It refreshes itself from `GET <prefix>/ui/cluster.json` (plain HTML, CSS and"
+        " JavaScript shipped with the package: no build step, nothing from a CDN). Both"
+        " follow the rule of `GET <prefix>/status` (see `GOELECT_STATUS_PUBLIC`).",
+        why="Off: a page that shows the topology is something to turn on knowingly.",
+    ),
 )
 
 #: The defaults that ``init_app`` puts into ``app.config`` with ``setdefault``.

@@ -1,31 +1,53 @@
 """``flask goelect ...``: look at the election and hand leadership over.
 
 The commands run in a ``flask`` process of their own, which does not run an
-elector (see ``GOELECT_AUTOSTART``): they ask the running node over HTTP, at
-``GOELECT_NODE_ADDRESS``. ``transfer`` proves it runs on the node's host by
-sending the token the running elector keeps next to its state file.
+elector (see ``GOELECT_AUTOSTART``): they ask the running node over HTTP, first
+on this host's loopback at the node's port (where ``/status`` is readable
+without a secret), then at ``GOELECT_NODE_ADDRESS``. ``transfer`` and
+``step-down`` prove they run on the node's host by sending the token the
+running elector keeps next to its state file.
 
 ::
 
-    flask goelect status              # this node's view
-    flask goelect cluster             # every node's view, side by side
-    flask goelect transfer [--to n2]  # the leader hands over (run on the leader's host)
+    flask goelect status [--json]              # this node's view
+    flask goelect cluster [--json]             # every node's view, side by side
+    flask goelect transfer [--to n2] [--json]  # the leader hands over (on the leader's host)
+    flask goelect step-down [--json]           # this node stops leading, if it leads
+    flask goelect simulate [--schedules N]     # the simulator with this app's timings
+
+Exit codes: :data:`EXIT_OK` (0) done; :data:`EXIT_FAILED` (1) the node could
+not be asked or refused (not running, unreachable, not the leader for
+``transfer``, a bad target); 2 a usage error (click's); :data:`EXIT_UNSAFE` (3)
+``simulate`` found a safety violation.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
 from .app_state import ExtensionState
+from .auth import is_loopback
 
-__all__ = ["goelect_cli"]
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNSAFE", "goelect_cli"]
 
-goelect_cli = AppGroup("goelect", help="Leader election: status, cluster view, hand-over.")
+#: The command did what it was asked.
+EXIT_OK = 0
+#: The node could not be asked, or refused (click's ``ClickException`` code).
+EXIT_FAILED = 1
+#: ``simulate`` found a safety violation with these timings.
+EXIT_UNSAFE = 3
+
+goelect_cli = AppGroup(
+    "goelect",
+    help="Leader election: status, cluster view, hand-over, the simulator."
+    " Exit codes: 0 done, 1 failed or refused, 2 usage, 3 simulate found a violation.",
+)
 
 
 def _state() -> ExtensionState:
@@ -39,21 +61,60 @@ def _timeout(state: ExtensionState) -> tuple[float, float]:
     return (state.settings.connect_timeout, max(2.0, state.settings.elect_timeout))
 
 
-def _node_status(state: ExtensionState) -> dict[str, Any]:
-    if state.running:
+def _loopback(address: str) -> str | None:
+    """``address`` with this host's loopback for its host (plain HTTP only: a
+    certificate names the real host), or None when it is loopback already."""
+    parts = urlsplit(address)
+    if parts.scheme != "http" or is_loopback(parts.hostname):
+        return None
+    port = parts.port or 80
+    return urlunsplit(("http", f"127.0.0.1:{port}", parts.path, "", ""))
+
+
+def _addresses(state: ExtensionState, url: str | None) -> list[str]:
+    """Where to ask the running node: ``url``, else loopback, then its address."""
+    if url:
+        return [url.rstrip("/")]
+    address = state.settings.node_address.rstrip("/")
+    local = _loopback(address)
+    return [local, address] if local else [address]
+
+
+def _node_status(state: ExtensionState, url: str | None = None) -> dict[str, Any]:
+    if state.running and url is None:
         return state.status()
+    from .core import Peer
     from .transport import TransportError
 
     transport = state.make_transport()
+    errors = []
     try:
-        return transport.get_status(state.settings.node, _timeout(state))
-    except TransportError as exc:
-        raise click.ClickException(
-            f"cannot read the status of node {state.settings.node_id!r}: {exc}."
-            " Is the app running there?"
-        ) from None
+        for address in _addresses(state, url):
+            peer = Peer(state.settings.node_id, address)
+            try:
+                return transport.get_status(peer, _timeout(state))
+            except TransportError as exc:
+                errors.append(str(exc))
     finally:
         transport.close()
+    raise click.ClickException(
+        f"cannot read the status of node {state.settings.node_id!r}: {'; '.join(errors)}."
+        " Is the app running there? (From another host /status needs GOELECT_SECRET in this"
+        " command's configuration, or GOELECT_STATUS_PUBLIC on the node.)"
+    )
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+_URL = click.option(
+    "--url",
+    default=None,
+    metavar="URL",
+    help="The node's base URL (default: this host's loopback at the node's port, then"
+    " GOELECT_NODE_ADDRESS).",
+)
 
 
 def _fmt_seconds(value: Any) -> str:
@@ -64,12 +125,13 @@ def _fmt_seconds(value: Any) -> str:
 
 @goelect_cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status_command(as_json: bool) -> None:
+@_URL
+def status_command(as_json: bool, url: str | None) -> None:
     """Show this node's view of the election."""
     state = _state()
-    status = _node_status(state)
+    status = _node_status(state, url)
     if as_json:
-        click.echo(json.dumps(status, indent=2, sort_keys=True))
+        _echo_json(status)
         return
     leader = status.get("leader_id") or "-"
     if status.get("leader_address"):
@@ -99,7 +161,7 @@ def cluster_command(as_json: bool, timeout: float | None) -> None:
     state = _state()
     cluster = state.cluster_state(timeout)
     if as_json:
-        click.echo(json.dumps(cluster, indent=2, sort_keys=True))
+        _echo_json(cluster)
         return
     header = ("NODE", "ADDRESS", "VOTES", "STATE", "TERM", "LEADER", "LEASE")
     rows = [header]
@@ -135,16 +197,59 @@ def cluster_command(as_json: bool, timeout: float | None) -> None:
 
 @goelect_cli.command("transfer")
 @click.option("--to", "to", default=None, help="The node id to hand over to (default: the best).")
-def transfer_command(to: str | None) -> None:
-    """Make the leader hand leadership over (run it on the leader's host)."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_URL
+def transfer_command(to: str | None, as_json: bool, url: str | None) -> None:
+    """Make the leader hand leadership over (run it on the leader's host).
+
+    Fails (exit 1) on a node that is not the leader.
+    """
     state = _state()
-    if state.running:
+    target, term = _transfer(state, to, url)
+    if as_json:
+        _echo_json({"node_id": state.settings.node_id, "transferred_to": target, "term": term})
+    else:
+        click.echo(f"node {state.settings.node_id!r} handed leadership to {target!r}")
+
+
+@goelect_cli.command("step-down")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_URL
+def step_down_command(as_json: bool, url: str | None) -> None:
+    """Make sure this node does not lead: a leader hands over to the best voter.
+
+    Done (exit 0) when the node handed over or was not leading: run it on a
+    host before its maintenance.
+    """
+    state = _state()
+    node_id = state.settings.node_id
+    status = _node_status(state, url)
+    if status.get("state") != "leader":
+        result = {"node_id": node_id, "stepped_down": False, "state": status.get("state")}
+        result["leader_id"] = status.get("leader_id")
+        if as_json:
+            _echo_json(result)
+        else:
+            click.echo(
+                f"node {node_id!r} is not the leader ({status.get('state')}; leader:"
+                f" {status.get('leader_id') or 'none'}): nothing to do"
+            )
+        return
+    target, term = _transfer(state, None, url)
+    if as_json:
+        _echo_json({"node_id": node_id, "stepped_down": True, "transferred_to": target})
+    else:
+        click.echo(f"node {node_id!r} stepped down: leadership handed to {target!r}")
+
+
+def _transfer(state: ExtensionState, to: str | None, url: str | None) -> tuple[str, int | None]:
+    """Ask the node to hand over; returns the target and the term."""
+    if state.running and url is None:
         try:
             target = state.transfer_leadership(to)
         except Exception as exc:
             raise click.ClickException(str(exc)) from None
-        click.echo(f"node {state.settings.node_id!r} handed leadership to {target!r}")
-        return
+        return target, state.snapshot.term
     import requests
 
     from ._lock import read_token
@@ -158,26 +263,97 @@ def transfer_command(to: str | None) -> None:
             f" {settings.state_file!r}); run the command on the host of the leader, with the"
             " same configuration as the running app"
         )
-    url = f"{settings.node_address}{state.url_prefix}/transfer"
+    failures = []
+    for address in _addresses(state, url):
+        target_url = f"{address}{state.url_prefix}/transfer"
+        try:
+            with requests.Session() as session:
+                session.trust_env = False
+                resp = session.post(
+                    target_url,
+                    json={"to": to},
+                    headers={TOKEN_HEADER: token},
+                    timeout=_timeout(state),
+                    allow_redirects=False,
+                )
+        except requests.RequestException as exc:
+            failures.append(f"cannot reach node {settings.node_id!r} at {target_url}: {exc}")
+            continue
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        if resp.status_code != 200:
+            message = body.get("message") if isinstance(body, dict) else None
+            raise click.ClickException(message or f"HTTP {resp.status_code} from {target_url}")
+        return str(body.get("transferred_to")), body.get("term")
+    raise click.ClickException("; ".join(failures))
+
+
+@goelect_cli.command(
+    "simulate", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+)
+@click.option("--schedules", type=int, default=200, show_default=True, help="Schedules to run.")
+@click.option(
+    "--elect-timeout",
+    type=float,
+    default=None,
+    metavar="MS",
+    help="Try another election timeout (default: this app's GOELECT_ELECT_TIMEOUT).",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=float,
+    default=None,
+    metavar="MS",
+    help="Try another heartbeat interval (default: this app's GOELECT_HEARTBEAT_INTERVAL).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def simulate_command(
+    ctx: click.Context,
+    schedules: int,
+    elect_timeout: float | None,
+    heartbeat_interval: float | None,
+    as_json: bool,
+) -> None:
+    """Run the election simulator with this app's timings and cluster shape.
+
+    Runs ``python -m flask_goelect.simulate`` with this app's election timeout,
+    heartbeat interval, drift bound and numbers of voters and observers; other
+    options (``--jobs``, ``--duration``, ``--faults``, ``--seed``) are passed
+    on. It prints the failover times a crash of the leader gives with these
+    timings, and exits 3 if any schedule broke a safety rule.
+    """
+    from . import simulate
+
+    config = _state().settings.election
+    observers = sum(1 for p in config.peers if p.novote)
+    t_ms = elect_timeout if elect_timeout is not None else config.elect_timeout * 1000
+    hb_ms = (
+        heartbeat_interval if heartbeat_interval is not None else config.heartbeat_interval * 1000
+    )
+    argv = [
+        "--nodes",
+        str(len(config.voters)),
+        "--observers",
+        str(observers),
+        "--elect-timeout",
+        f"{t_ms:g}",
+        "--heartbeat-interval",
+        f"{hb_ms:g}",
+        "--max-drift",
+        f"{config.max_drift:g}",
+        "--schedules",
+        str(schedules),
+        *(["--json"] if as_json else []),
+        *ctx.args,
+    ]
+    if not as_json:
+        click.echo("python -m flask_goelect.simulate " + " ".join(argv))
     try:
-        with requests.Session() as session:
-            session.trust_env = False
-            resp = session.post(
-                url,
-                json={"to": to},
-                headers={TOKEN_HEADER: token},
-                timeout=_timeout(state),
-                allow_redirects=False,
-            )
-    except requests.RequestException as exc:
-        raise click.ClickException(
-            f"cannot reach node {settings.node_id!r} at {url}: {exc}"
-        ) from None
-    try:
-        body = resp.json()
-    except ValueError:
-        body = {}
-    if resp.status_code != 200:
-        message = body.get("message") if isinstance(body, dict) else None
-        raise click.ClickException(message or f"HTTP {resp.status_code} from {url}")
-    click.echo(f"node {settings.node_id!r} handed leadership to {body.get('transferred_to')!r}")
+        status = simulate.main(argv)
+    except SystemExit as exc:  # argparse: a bad option
+        raise click.UsageError(f"simulate: bad options {ctx.args}") from exc
+    if status:
+        ctx.exit(EXIT_UNSAFE)

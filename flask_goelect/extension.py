@@ -72,6 +72,8 @@ class LeaderElect:
         #: The state of the only app served (a fast path for ``leader_only``).
         self._single: ExtensionState | None = None
         self._blueprint_ready = False
+        #: Leader tasks given before any ``init_app``: registered on every app bound later.
+        self._deferred_tasks: list[Callable[[Any], Any]] = []
         if app is not None:
             self.init_app(app)
 
@@ -106,6 +108,9 @@ class LeaderElect:
 
         if "goelect" not in app.cli.commands:
             app.cli.add_command(goelect_cli)
+
+        for task in self._deferred_tasks:
+            state.leader_task(task)
 
         if settings.autostart and _serving_process():
             if state.routes_ready:
@@ -244,7 +249,15 @@ class LeaderElect:
         lost (check ``ctx.cancelled`` / ``ctx.is_leader()`` in loops; the
         fencing token is ``ctx.term``). It runs inside an app context. Usable
         as a decorator; registered tasks survive stop/start.
+
+        Before any ``init_app`` (a module-level ``elect = LeaderElect()`` with
+        ``@elect.leader_task`` under it), the task is kept and registered on
+        every app this object is bound to later, as ``@bp.cli.command`` is on
+        the apps a blueprint is registered on.
         """
+        if not self._states:
+            self._deferred_tasks.append(func)
+            return func
         self._state().leader_task(func)
         return func
 

@@ -15,6 +15,8 @@ balancers and the ``flask goelect`` commands::
     GET  <prefix>/leader    200 on the leader holding a valid lease, else 503
     GET  <prefix>/health    200 while the elector runs, else 503
     POST <prefix>/transfer  hand leadership over (needs the node's local token)
+    GET  <prefix>/ui        the live status page (with GOELECT_STATUS_PAGE), its
+                            files and GET <prefix>/ui/cluster.json
 
 Bad input never changes state and gets a JSON error that says what is wrong:
 409 for a request of another cluster, 401 for an RPC that is unsigned, forged,
@@ -45,6 +47,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from . import status_page
 from ._answers import Answer, error_answer, json_answer
 from .app_state import ExtensionState
 from .auth import is_local_request
@@ -243,6 +246,66 @@ def transfer() -> Response:
     return _json({"transferred_to": target, "term": state.snapshot.term})
 
 
+def _page_refusal(state: ExtensionState) -> Response | None:
+    """Why the status page is not served to this request, or None."""
+    if not status_page.enabled(state.settings):
+        return _error(
+            404,
+            "not_found",
+            "the status page is off: set GOELECT_STATUS_PAGE = True to serve it",
+        )
+    if not may_read_status():
+        return _error(
+            401,
+            "unauthorized",
+            "the status page shows the cluster's topology: it is served to this host and"
+            " the peers (set GOELECT_STATUS_PUBLIC to serve it to anyone)",
+        )
+    return None
+
+
+def page() -> Response:
+    """The live status page (``GOELECT_STATUS_PAGE``)."""
+    state = _state()
+    refused = _page_refusal(state)
+    if refused is not None:
+        return refused
+    html = status_page.page(state.url_prefix, state.settings.node_id)
+    return Response(
+        html,
+        mimetype="text/html",
+        headers={
+            "Cache-Control": "no-store",
+            # Everything comes from this node; the drawing's inline <style> needs the last.
+            "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'",
+        },
+    )
+
+
+def page_cluster() -> Response:
+    """The status page's data: this node's view of every node (JSON)."""
+    state = _state()
+    refused = _page_refusal(state)
+    if refused is not None:
+        return refused
+    response = _json(status_page.cluster_view(state))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def page_asset(name: str) -> Response:
+    """The status page's stylesheet, script and drawing."""
+    state = _state()
+    refused = _page_refusal(state)
+    if refused is not None:
+        return refused
+    found = status_page.asset(name)
+    if found is None:
+        return _not_found()
+    content, content_type = found
+    return Response(content, headers={"Content-Type": content_type})
+
+
 def _not_allowed(allowed: tuple[str, ...]) -> View:
     def not_allowed(**kwargs: Any) -> Response:
         shown = (*allowed, "HEAD", "OPTIONS") if "GET" in allowed else allowed
@@ -280,6 +343,9 @@ _ROUTES: list[tuple[str, str, Callable[[], View], tuple[str, ...]]] = [
     ("/leader", "leader", lambda: leader, ("GET",)),
     ("/health", "health", lambda: health, ("GET",)),
     ("/transfer", "transfer", lambda: transfer, ("POST",)),
+    ("/ui", "page", lambda: page, ("GET",)),
+    ("/ui/cluster.json", "page_cluster", lambda: page_cluster, ("GET",)),
+    ("/ui/<name>", "page_asset", lambda: page_asset, ("GET",)),
 ]
 
 
