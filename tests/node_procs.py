@@ -115,12 +115,25 @@ def wait_record(state_file: Path, predicate: Any, timeout: float) -> NodeRecord 
 # -- the node process ----------------------------------------------------------------------
 
 
-def _main() -> None:  # pragma: no cover - runs in the child processes
+def lock_is_free(state_file: Path) -> bool:
+    """Whether a new process of the machine could take the node's elector lock now."""
+    script = (
+        "import sys; from flask_goelect._lock import lock_file\n"
+        "print(lock_file(sys.argv[1]).take_elector(object(), 'n1'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(state_file)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=30,
+    )
+    return done.stdout.strip() == "True"
+
+
+def _new_app(state_file: str, elect_timeout: int) -> Any:  # pragma: no cover - children
     from flask import Flask
 
-    from flask_goelect import LeaderElect
-
-    state_file, elect_timeout = sys.argv[1], int(sys.argv[2])
     app = Flask("node_proc")
     app.config.update(
         GOELECT_NODE_ID="n1",
@@ -131,8 +144,25 @@ def _main() -> None:  # pragma: no cover - runs in the child processes
         GOELECT_HEARTBEAT_INTERVAL=max(1, elect_timeout // 10),
         GOELECT_AUTOSTART=False,
     )
+    return app
+
+
+def _main() -> None:  # pragma: no cover - runs in the child processes
+    import ctypes
+    import types
+
+    from flask_goelect import LeaderElect
+
+    worker = [0]
+    if os.environ.get("FAKE_UWSGI"):
+        # A uWSGI master as the runner sees it: worker id 0 here, then the id of
+        # each worker it forks (from C, where no Python hook runs).
+        sys.modules["uwsgi"] = types.SimpleNamespace(worker_id=lambda: worker[0])  # type: ignore[assignment]
+    state_file, elect_timeout = sys.argv[1], int(sys.argv[2])
+    app = _new_app(state_file, elect_timeout)
     elect = LeaderElect(app)
     state = app.extensions["goelect"]
+    race: dict[str, threading.Event] = {}
     runs: list[tuple[float, float]] = []
 
     @elect.leader_only
@@ -184,6 +214,98 @@ def _main() -> None:  # pragma: no cover - runs in the child processes
         elif command == "start":
             elect.start()
             answer(role=str(state.node.role))
+        elif command == "fork":
+            # A child forked by the application: "fork" (Python's, hooks run) or
+            # "cfork" (from C: no hook runs; only the pid tells).
+            fork = ctypes.PyDLL(None).fork if args[0] == "cfork" else os.fork
+            pid = fork()
+            if pid == 0:
+                result = job()  # an entry point first: it notices the fork
+                answer(
+                    child=os.getpid(),
+                    job=result,
+                    role=str(state.node.role),
+                    running=elect.running,
+                    is_leader=elect.is_leader,
+                    process=state.process(),
+                )
+                os._exit(0)
+            os.waitpid(pid, 0)
+            answer(parent=os.getpid(), job=job(), role=str(state.node.role))
+        elif command == "fork_worker":
+            # The master forks worker ``args[0]`` ("0": another child, a
+            # multiprocessing worker of the app, say); it stays until killed.
+            fork = ctypes.PyDLL(None).fork if args[1] == "cfork" else os.fork
+            pid = fork()
+            if pid == 0:
+                worker[0] = int(args[0])
+                state.node.view  # noqa: B018 - what uWSGI's postfork hook does
+                answer(child=os.getpid(), role=str(state.node.role))
+                while True:
+                    time.sleep(1)
+            answer(forked=pid)
+        elif command == "fork_locked":
+            # Another thread holds the runner's lock (a stop in progress) at the fork.
+            held, release = threading.Event(), threading.Event()
+
+            def hold(held: threading.Event, release: threading.Event) -> None:
+                with state.node._lock:
+                    held.set()
+                    release.wait(10)
+
+            threading.Thread(target=hold, args=(held, release), daemon=True).start()
+            held.wait(5)
+            pid = os.fork()
+            if pid == 0:
+                answer(child=os.getpid(), job=job(), role=str(state.node.role))
+                os._exit(0)
+            release.set()
+            deadline = time.monotonic() + 5
+            hung = True
+            while time.monotonic() < deadline:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    hung = False
+                    break
+                time.sleep(0.01)
+            if hung:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            answer(parent=os.getpid(), child_hung=hung)
+        elif command == "arm_race":
+            # The waiter takes the elector lock, and its callback is held up.
+            node = state.node
+            original = node._took_over
+            race.update(entered=threading.Event(), go=threading.Event())
+
+            def held_up(run_here: Any, original: Any = original) -> bool:
+                race["entered"].set()
+                race["go"].wait(10)
+                return bool(original(run_here))
+
+            node._took_over = held_up  # type: ignore[method-assign]
+            answer(armed=True)
+        elif command == "race":
+            # Meanwhile the app stops and starts the extension again.
+            entered = race["entered"].wait(10)
+            elect.stop()
+            elect.start()
+            race["go"].set()
+            time.sleep(0.3)
+            locks = state.node._locks
+            answer(
+                entered=entered,
+                role=str(state.node.role),
+                owns_lock=locks is not None and locks.elector_owner is state.node,
+            )
+        elif command == "second_app":
+            # Another app of the same node in this process (an app factory called twice).
+            other = LeaderElect(_new_app(state_file, elect_timeout))
+            try:
+                other.start()
+            except Exception as exc:
+                answer(refused=type(exc).__name__)
+            else:
+                answer(refused=None, role=str(other._state().node.role))
         elif command == "exit":
             answer(exiting=time.monotonic())
             sys.exit(0)
