@@ -137,6 +137,9 @@ class LockFile:
         self._fd: int | None = os.open(
             path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600
         )
+        stat = os.fstat(self._fd)
+        #: Which file the descriptor is (a child may have closed it and reused its number).
+        self._identity = (stat.st_dev, stat.st_ino)
         self._lock = threading.Lock()
         #: Who in this process holds the elector lock (an object of the caller's), or None.
         self.elector_owner: object | None = None
@@ -369,8 +372,12 @@ class LockFile:
         self._waiter = None
         if fd is not None:
             try:
-                os.close(fd)
-            except OSError:  # pragma: no cover
+                stat = os.fstat(fd)
+                # Only if it still is the lock file: a child (a daemon, say) may have
+                # closed the descriptors it inherited and opened files of its own.
+                if (stat.st_dev, stat.st_ino) == self._identity:
+                    os.close(fd)
+            except OSError:
                 pass
 
 

@@ -573,10 +573,11 @@ class NodeRunner:
         except BaseException:
             server.close()
             raise
-        server.start()
         self._server = server
         self.elector = elector
         self.role = Role.ELECTOR
+        # Last: a call that the server answers finds this process the elector's.
+        server.start()
 
     def stop(self, transfer: bool, timeout: float) -> Elector | None:
         """This process leaves the node; returns its elector if one was running.

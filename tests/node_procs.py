@@ -151,6 +151,16 @@ def _main() -> None:  # pragma: no cover - runs in the child processes
     import ctypes
     import types
 
+    lines: Any = sys.stdin
+    if os.environ.get("GEVENT"):
+        # A gevent worker: everything cooperates, the commands are read cooperatively.
+        from gevent import monkey
+
+        monkey.patch_all()
+        import gevent.fileobject
+
+        lines = gevent.fileobject.FileObject(sys.stdin.fileno(), "r", close=False)
+
     from flask_goelect import LeaderElect
 
     worker = [0]
@@ -179,13 +189,15 @@ def _main() -> None:  # pragma: no cover - runs in the child processes
 
     elect.start()
     answer(ready=os.getpid(), role=str(state.node.role))
-    for line in sys.stdin:
+    for line in lines:
         words = line.split()
         if not words:
             continue
         command, args = words[0], words[1:]
         if command == "role":
-            answer(role=str(state.node.role), process=state.process())
+            elector = state.node.elector
+            mode = elector.mode if elector is not None else None
+            answer(role=str(state.node.role), process=state.process(), mode=mode)
         elif command == "wait_leader":
             leader = elect.wait_for_leader(float(args[0]))
             answer(leader=leader.id if leader else None, is_leader=elect.is_leader)

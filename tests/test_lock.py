@@ -6,6 +6,7 @@ member byte and, if asked, the elector lock, then waits for its stdin to close.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -317,3 +318,37 @@ def test_one_lock_file_per_process_and_path(state_file: Path) -> None:
     assert lock_file(state_file) is locks
     assert lock_file(Path(os.path.relpath(state_file))) is locks
     assert isinstance(locks, LockFile) and locks.pid == os.getpid()
+
+
+def test_a_child_that_reused_the_descriptor_number_keeps_its_file(state_file: Path) -> None:
+    # A daemonizing child closes what it inherited and opens files of its own,
+    # which may get the lock file's old descriptor number.
+    # Forked from C (no hook runs), so that the child itself notices the fork.
+    locks, owner = lock_file(state_file), object()
+    locks.join(owner, "n1")
+    number = locks.fd
+    try:
+        read, write = os.pipe()
+        pid = ctypes.PyDLL(None).fork()
+        if pid == 0:  # pragma: no cover - the child
+            mine = state_file.parent / "child.txt"
+            os.close(number)
+            fd = os.open(mine, os.O_RDWR | os.O_CREAT, 0o600)
+            reused = fd == number
+            lock_file(state_file)  # notices the fork; must not close the child's file
+            try:
+                os.write(fd, b"still open")
+                ok = True
+            except OSError:
+                ok = False
+            os.write(write, repr((reused, ok)).encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            seen = pipe.read()
+        os.waitpid(pid, 0)
+        assert seen == "(True, True)"
+        assert (state_file.parent / "child.txt").read_bytes() == b"still open"
+    finally:
+        locks.leave()
+        locks.disown(owner)

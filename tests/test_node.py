@@ -71,6 +71,24 @@ def test_a_member_takes_the_elector_over_at_once_when_its_process_is_killed(
     assert b.ask("job")["result"] == "ran"
 
 
+def test_a_gevent_member_takes_over_in_its_hub(procs: list[NodeProc], state_file: Path) -> None:
+    # Patched processes: the member waits in a real OS thread (a blocked fcntl in
+    # a greenlet would stop the hub), and the elector it takes over runs in the
+    # process's hub, like the one it replaces.
+    a = start(procs, state_file, GEVENT="1")
+    b = start(procs, state_file, GEVENT="1")
+    assert a.ask("role")["mode"] == "hub" and b.ask("role")["role"] == "member"
+    assert a.ask("wait_leader 10")["is_leader"] is True
+    assert b.ask("job")["result"] is None  # the hub keeps serving while the waiter waits
+    killed = time.monotonic()
+    a.kill()
+    record = wait_record(state_file, lambda r: r.pid == b.pid and r.running, 5)
+    assert record is not None and time.monotonic() - killed < 0.25
+    answer = b.ask("wait_role elector 5")
+    assert answer["role"] == "elector" and b.ask("role")["mode"] == "hub"
+    assert b.ask("wait_leader 10")["is_leader"] is True and b.ask("job")["result"] == "ran"
+
+
 class RecordLog:
     """Every record the node publishes, with the time it was seen (polled)."""
 
