@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -98,6 +98,24 @@ def holders() -> Iterator[list[Holder]]:
     yield started
     for holder in started:
         holder.close()
+
+
+def in_child(func: Callable[[], object], fork: Callable[[], int] = os.fork) -> str:
+    """``repr(func())`` run in a forked child (or what it raised)."""
+    read, write = os.pipe()
+    pid = fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            result = repr(func())
+        except BaseException as exc:
+            result = repr(exc)
+        os.write(write, result.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        seen = pipe.read()
+    os.waitpid(pid, 0)
+    return seen
 
 
 def other_process_takes(state_file: Path) -> bool:
@@ -196,25 +214,18 @@ def test_a_child_forked_here_holds_none_of_our_locks(state_file: Path) -> None:
     locks, owner = lock_file(state_file), object()
     assert locks.join(owner, "n1") == 1 and locks.take_elector(owner, "n1")
     try:
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            os.close(read)
+
+        def child() -> object:
             mine = lock_file(state_file)  # a new one: the parent's was forgotten
             child_owner = object()
-            result = (
+            return (
                 mine is not locks,
                 mine.elector_owner is None and mine.member_byte is None,
                 not mine.take_elector(child_owner, "n1"),
                 mine.join(child_owner, "n1") == 2,
             )
-            os.write(write, repr(result).encode())
-            os._exit(0)
-        os.close(write)
-        with os.fdopen(read) as pipe:
-            seen = pipe.read()
-        os.waitpid(pid, 0)
-        assert seen == "(True, True, True, True)"
+
+        assert in_child(child) == "(True, True, True, True)"
         # Closing its copy of the descriptor in the child dropped nothing of ours.
         assert locks.elector_owner is owner and not other_process_takes(state_file)
         assert locks.other_members() == []
@@ -328,26 +339,15 @@ def test_a_child_that_reused_the_descriptor_number_keeps_its_file(state_file: Pa
     locks.join(owner, "n1")
     number = locks.fd
     try:
-        read, write = os.pipe()
-        pid = ctypes.PyDLL(None).fork()
-        if pid == 0:  # pragma: no cover - the child
-            mine = state_file.parent / "child.txt"
+
+        def child() -> object:
             os.close(number)
-            fd = os.open(mine, os.O_RDWR | os.O_CREAT, 0o600)
-            reused = fd == number
+            fd = os.open(state_file.parent / "child.txt", os.O_RDWR | os.O_CREAT, 0o600)
             lock_file(state_file)  # notices the fork; must not close the child's file
-            try:
-                os.write(fd, b"still open")
-                ok = True
-            except OSError:
-                ok = False
-            os.write(write, repr((reused, ok)).encode())
-            os._exit(0)
-        os.close(write)
-        with os.fdopen(read) as pipe:
-            seen = pipe.read()
-        os.waitpid(pid, 0)
-        assert seen == "(True, True)"
+            os.write(fd, b"still open")
+            return fd == number
+
+        assert in_child(child, ctypes.PyDLL(None).fork) == "True"
         assert (state_file.parent / "child.txt").read_bytes() == b"still open"
     finally:
         locks.leave()
