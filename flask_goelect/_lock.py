@@ -27,6 +27,7 @@ restart the node.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import secrets
 import threading
@@ -53,6 +54,8 @@ __all__ = [
 MAX_MEMBERS = 256
 
 _ELECTOR_BYTE = 0
+
+_log = logging.getLogger("flask_goelect")
 
 
 class LockError(RuntimeError):
@@ -93,7 +96,8 @@ def read_token(state_file: str | os.PathLike[str]) -> str | None:
     """
     held = _FILES.get(_key(lock_path(state_file)))
     if held is not None and held.pid == os.getpid():
-        return held.token or None
+        # Opening and closing the file here would drop this process's locks.
+        return held.token or held.current_token() or None
     try:
         fd = os.open(lock_path(state_file), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
@@ -133,14 +137,21 @@ class LockFile:
         self._fd: int | None = os.open(
             path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600
         )
+        stat = os.fstat(self._fd)
+        #: Which file the descriptor is (a child may have closed it and reused its number).
+        self._identity = (stat.st_dev, stat.st_ino)
         self._lock = threading.Lock()
         #: Who in this process holds the elector lock (an object of the caller's), or None.
         self.elector_owner: object | None = None
+        #: Who in this process uses the lock file (holds the member byte, waits for
+        #: or holds the elector lock): one owner per process and node.
+        self.owner: object | None = None
         #: The token of ``POST <prefix>/transfer`` while this process holds the elector lock.
         self.token = ""
         self.member_byte: int | None = None
         self._waiting = False
-        self._on_acquired: Callable[[], bool] | None = None
+        #: (owner, node id, callback) of the wait for the elector lock, or None.
+        self._waiter: tuple[object, str, Callable[[], bool]] | None = None
 
     def __repr__(self) -> str:
         return f"<LockFile {str(self.path)!r} pid={self.pid} elector={self.elector_owner!r}>"
@@ -161,19 +172,31 @@ class LockFile:
             of one node in one process: a configuration error).
         """
         with self._lock:
+            self._check_owner(owner, node_id)
             if self.elector_owner is not None:
                 if self.elector_owner is owner:
                     return True
-                raise LockError(
-                    f"another elector already runs node {node_id!r} in this process"
-                    f" (process {os.getpid()}) with the state file"
-                    f" {str(self.path.with_suffix(''))!r}. Run one elector per node: give"
-                    " each node its own GOELECT_NODE_ID and GOELECT_STATE_FILE"
-                )
+                raise self._second_owner(node_id)
             if not _try_lock(self.fd, _ELECTOR_BYTE):
                 return False
             self._took(owner, node_id)
             return True
+
+    def _second_owner(self, node_id: str) -> LockError:
+        return LockError(
+            f"another elector already runs node {node_id!r} in this process"
+            f" (process {os.getpid()}) with the state file"
+            f" {str(self.path.with_suffix(''))!r}. Run one elector per node: give"
+            " each node its own GOELECT_NODE_ID and GOELECT_STATE_FILE"
+        )
+
+    def _check_owner(self, owner: object, node_id: str) -> None:
+        # Called with self._lock held. Locks of one process never conflict, so two
+        # owners of one process would share the member byte and the elector lock.
+        if self.owner is None:
+            self.owner = owner
+        elif self.owner is not owner:
+            raise self._second_owner(node_id)
 
     def _took(self, owner: object, node_id: str) -> None:
         self.elector_owner = owner
@@ -195,6 +218,17 @@ class LockFile:
             except OSError:  # pragma: no cover - best effort
                 pass
             _unlock(self._fd, _ELECTOR_BYTE)
+
+    def current_token(self) -> str:
+        """The token the elector process of the node wrote in the lock file (``""``
+        if none runs, or it was killed and no process took over yet: then no
+        process answers the token anyway). Read through this process's own
+        descriptor: it closes nothing."""
+        try:
+            text = os.pread(self.fd, 4096, 0).decode("utf-8", "replace")
+        except (OSError, LockError):
+            return ""
+        return _field(text, "token")
 
     def holder(self) -> str:
         """What the lock file says of the elector's process (``"process 123"``), or ``""``."""
@@ -219,51 +253,68 @@ class LockFile:
         runs in that thread; if it returns False (``owner`` no longer wants
         it), the lock is given up again. One waiter per process and lock file;
         a later call replaces the callback.
+
+        :raises LockError: another owner of this process uses the lock file.
         """
         with self._lock:
-            self._on_acquired = on_acquired
+            self._check_owner(owner, node_id)
+            self._waiter = (owner, node_id, on_acquired)
             if self._waiting:
                 return
             self._waiting = True
+        fd = self.fd
 
         def wait() -> None:
             try:
                 if fcntl is not None:
-                    fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, _ELECTOR_BYTE)
-            except OSError:
+                    fcntl.lockf(fd, fcntl.LOCK_EX, 1, _ELECTOR_BYTE)
+            except OSError as exc:
                 with self._lock:
                     self._waiting = False
+                _log.error(
+                    "flask-goelect: node %r: process %d stops waiting to take the elector over: %s",
+                    node_id,
+                    os.getpid(),
+                    exc,
+                )
                 return
             with self._lock:
                 self._waiting = False
-                callback, self._on_acquired = self._on_acquired, None
+                waiter, self._waiter = self._waiter, None
                 if self.elector_owner is not None:
-                    # Another owner of this process took it meanwhile: record locks
-                    # of one process never conflict, so the wait ended on its lock,
-                    # which must stay.
+                    # An owner of this process took it meanwhile: record locks of one
+                    # process never conflict, so the wait ended on its lock, which
+                    # must stay.
                     return
-                if callback is None:
-                    _unlock(self.fd, _ELECTOR_BYTE)
+                if waiter is None or self._fd is None:
+                    if self._fd is not None:
+                        _unlock(self._fd, _ELECTOR_BYTE)
                     return
-                self._took(owner, node_id)
+                # The owner that waits now, which may not be the one that started
+                # this thread (that one may have left, and another joined since).
+                waiting_owner, waiting_node, callback = waiter
+                self._took(waiting_owner, waiting_node)
             if not callback():
-                self.release_elector(owner)
+                self.release_elector(waiting_owner)
 
         start_thread(f"goelect-{node_id}-takeover", wait)
 
     def stop_waiting(self) -> None:
         """Whatever the waiter takes from now on, it gives up at once."""
         with self._lock:
-            self._on_acquired = None
+            self._waiter = None
 
     # -- members -------------------------------------------------------------------------
 
-    def join(self) -> int:
-        """Take a member byte (idempotent); returns its number (1 .. MAX_MEMBERS).
+    def join(self, owner: object, node_id: str) -> int:
+        """Take a member byte for ``owner`` (idempotent); returns its number
+        (1 .. MAX_MEMBERS).
 
-        :raises LockError: every member byte is taken.
+        :raises LockError: every member byte is taken, or another owner of this
+            process uses the lock file.
         """
         with self._lock:
+            self._check_owner(owner, node_id)
             if self.member_byte is not None:
                 return self.member_byte
             for byte in range(1, MAX_MEMBERS + 1):
@@ -281,6 +332,14 @@ class LockFile:
             byte, self.member_byte = self.member_byte, None
             if byte is not None and self._fd is not None:
                 _unlock(self._fd, byte)
+
+    def disown(self, owner: object) -> None:
+        """``owner`` is done with the lock file (after :meth:`leave` and
+        :meth:`release_elector`): another owner of this process may use it."""
+        with self._lock:
+            if self.owner is owner and self.elector_owner is None:
+                self.owner = None
+                self._waiter = None
 
     def other_members(self) -> list[int]:
         """The member bytes other live processes hold (who could take over)."""
@@ -306,14 +365,19 @@ class LockFile:
         fd, self._fd = self._fd, None
         self._lock = threading.Lock()
         self.elector_owner = None
+        self.owner = None
         self.token = ""
         self.member_byte = None
         self._waiting = False
-        self._on_acquired = None
+        self._waiter = None
         if fd is not None:
             try:
-                os.close(fd)
-            except OSError:  # pragma: no cover
+                stat = os.fstat(fd)
+                # Only if it still is the lock file: a child (a daemon, say) may have
+                # closed the descriptors it inherited and opened files of its own.
+                if (stat.st_dev, stat.st_ino) == self._identity:
+                    os.close(fd)
+            except OSError:
                 pass
 
 

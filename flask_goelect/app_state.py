@@ -351,6 +351,9 @@ def _after_fork_in_child() -> None:
     # Each node acts for the child at once (a worker of a preforking server joins
     # its node); the same happens at the first use where no hook runs (uWSGI).
     for state in list(_live):
+        # A thread of the parent may have held the lock at the fork (a stop in
+        # progress): that thread does not exist here.
+        state._lock = threading.RLock()
         state.node.view  # noqa: B018 - reading it makes the runner act for this process
 
 

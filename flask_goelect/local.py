@@ -13,6 +13,10 @@ The socket lives in Linux's abstract namespace (no file, nothing stale after a
 crash, no path length limit), named after the node's state file; elsewhere it
 is a file next to the state file. Frames are ``<4-byte length><JSON header>``
 followed by ``header["body"]`` bytes of body.
+
+Only processes of the same user may call: an abstract socket has no file
+permissions, so the elector process checks each caller's credentials
+(``SO_PEERCRED``) and closes the connections of other users at once.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +40,9 @@ __all__ = ["LocalClient", "LocalError", "LocalServer", "socket_address"]
 _LENGTH = struct.Struct("<I")
 #: The largest header or body of a frame (RPC bodies are at most 16 KiB).
 MAX_FRAME = 1024 * 1024
+#: How many callers the elector process serves at once (one worker each); more
+#: are closed at once (a member then answers its peer 503).
+MAX_CONNECTIONS = 1024
 
 _log = logging.getLogger("flask_goelect")
 
@@ -54,9 +62,30 @@ def socket_address(state_file: str | os.PathLike[str]) -> str:
     return os.path.join(os.path.dirname(real), f".goelect-{digest[:16]}.sock")
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+def _peer_uid(sock: socket.socket) -> int | None:
+    """The user id of the process at the other end, where the platform says (Linux)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:  # pragma: no cover - not Linux
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def _same_user(sock: socket.socket) -> bool:
+    """Whether the other end runs as this process's user (or the platform cannot tell)."""
+    uid = _peer_uid(sock)
+    return uid is None or uid == os.geteuid()
+
+
+def _recv_exactly(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
     chunks = []
     while n:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the other end did not answer in time")
+            sock.settimeout(remaining)
         chunk = sock.recv(min(n, 65536))
         if not chunk:
             raise ConnectionError("the other end closed the connection")
@@ -70,15 +99,18 @@ def _send_frame(sock: socket.socket, header: dict[str, Any], body: bytes) -> Non
     sock.sendall(_LENGTH.pack(len(data)) + data + body)
 
 
-def _recv_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
-    (length,) = _LENGTH.unpack(_recv_exactly(sock, _LENGTH.size))
+def _recv_frame(sock: socket.socket, deadline: float | None = None) -> tuple[dict[str, Any], bytes]:
+    """One frame; :exc:`ValueError` (or a subclass) if it is malformed."""
+    (length,) = _LENGTH.unpack(_recv_exactly(sock, _LENGTH.size, deadline))
     if length > MAX_FRAME:
-        raise ConnectionError(f"a frame header of {length} bytes")
-    header = json.loads(_recv_exactly(sock, length))
-    size = int(header.pop("body", 0))
-    if not 0 <= size <= MAX_FRAME:
-        raise ConnectionError(f"a frame body of {size} bytes")
-    return header, _recv_exactly(sock, size) if size else b""
+        raise ValueError(f"a frame header of {length} bytes")
+    header = json.loads(_recv_exactly(sock, length, deadline))
+    if not isinstance(header, dict):
+        raise ValueError(f"a frame header that is a JSON {type(header).__name__}")
+    size = header.pop("body", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FRAME:
+        raise ValueError(f"a frame body of {size!r} bytes")
+    return header, _recv_exactly(sock, size, deadline) if size else b""
 
 
 class LocalServer:
@@ -150,20 +182,44 @@ class LocalServer:
             try:
                 conn, _ = self._sock.accept()
             except OSError:
-                return
+                if self._closed:
+                    return
+                # Out of descriptors or memory for a moment: the others keep being
+                # served; try again shortly rather than stop accepting for good.
+                _log.warning("flask-goelect: accepting a local call failed", exc_info=True)
+                time.sleep(0.05)
+                continue
+            try:
+                refused = not _same_user(conn)
+            except OSError:
+                refused = True
+            if refused:
+                _log.warning("flask-goelect: refused a local call from a process of another user")
+                conn.close()
+                continue
             with self._lock:
                 if self._closed:
                     conn.close()
                     return
+                if len(self._connections) >= MAX_CONNECTIONS:
+                    conn.close()
+                    continue
                 self._connections.add(conn)
-            self._start("goelect-local-conn", functools.partial(self._serve, conn))
+            try:
+                self._start("goelect-local-conn", functools.partial(self._serve, conn))
+            except Exception:  # no thread to be had: this caller only is refused
+                _log.warning("flask-goelect: cannot serve a local call", exc_info=True)
+                with self._lock:
+                    self._connections.discard(conn)
+                conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
             while not self._closed:
                 try:
                     header, body = _recv_frame(conn)
-                except (ConnectionError, OSError, ValueError):
+                except (OSError, ValueError, RecursionError):
+                    # Gone, or a malformed frame: this connection only is closed.
                     return
                 try:
                     out_header, out_body = self._handle(header, body)
@@ -187,6 +243,9 @@ class LocalClient:
     """
 
     def __init__(self, address: str, timeout: float) -> None:
+        # Every call ends within ``timeout``: a kept-alive connection that turns
+        # out closed is replaced once, within the same deadline, but a call that
+        # timed out is never sent again (the elector may have received it).
         self.address = address
         self.timeout = timeout
         self._idle: list[socket.socket] = []
@@ -197,21 +256,22 @@ class LocalClient:
 
         :raises LocalError: the elector process is not there or did not answer.
         """
+        deadline = time.monotonic() + self.timeout
         with self._lock:
             sock = self._idle.pop() if self._idle else None
         fresh = sock is None
         for attempt in range(2):
             if sock is None:
-                sock = self._connect()
+                sock = self._connect(deadline)
                 fresh = True
             try:
-                sock.settimeout(self.timeout)
+                sock.settimeout(max(1e-3, deadline - time.monotonic()))
                 _send_frame(sock, header, body)
-                answer = _recv_frame(sock)
-            except (OSError, ConnectionError, ValueError) as exc:
+                answer = _recv_frame(sock, deadline)
+            except (OSError, ValueError, RecursionError) as exc:
                 sock.close()
                 sock = None
-                if fresh or attempt:
+                if fresh or attempt or isinstance(exc, TimeoutError):
                     raise LocalError(f"the node's elector process did not answer: {exc}") from None
                 continue  # a kept-alive connection to an elector that has gone: once more
             with self._lock:
@@ -221,11 +281,16 @@ class LocalClient:
             return answer
         raise LocalError("the node's elector process did not answer")  # pragma: no cover
 
-    def _connect(self) -> socket.socket:
+    def _connect(self, deadline: float) -> socket.socket:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LocalError("the node's elector process did not answer in time")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+        sock.settimeout(remaining)
         try:
             sock.connect(self.address)
+            if not _same_user(sock):
+                raise OSError(f"{self.address!r} is held by a process of another user")
         except OSError as exc:
             sock.close()
             raise LocalError(f"no elector process of this node answers: {exc}") from None

@@ -48,7 +48,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import auth, clock, core
+from . import _hooks, auth, clock, core
 from ._answers import Answer, json_answer
 from ._lock import LockFile, lock_file
 from ._settings import Settings
@@ -92,6 +92,11 @@ _log = logging.getLogger("flask_goelect")
 #: How long an elector process leaving at exit waits to see whether the rest of
 #: its server is leaving too (gunicorn stops every worker at once).
 EXIT_SETTLE = 0.05
+
+# Serializes noticing a fork (never held across anything that blocks). A runner's
+# own lock cannot serve: a thread of the parent may have held it at the fork (a
+# stop in progress), and that thread does not exist in the child.
+_FORK_GUARD = threading.Lock()
 
 
 #: How long a hand-off to another process of the node waits for the elector's
@@ -201,6 +206,25 @@ def prefork_master() -> str | None:
             return "gunicorn"
         frame = frame.f_back  # type: ignore[assignment]
     return None
+
+
+def prefork_worker() -> bool:
+    """Whether this process is a worker that a preforking server's master forked
+    (and not another child of the master, a ``multiprocessing`` worker of the app
+    say): uWSGI says so by the worker id; a gunicorn worker runs its whole life
+    inside ``Arbiter.spawn_worker``.
+    """
+    worker_id = server_worker_id()
+    if worker_id is not None:
+        return worker_id > 0
+    frame = sys._getframe(1)
+    arbiter = os.path.join("gunicorn", "arbiter.py")
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "spawn_worker" and code.co_filename.endswith(arbiter):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 def server_worker_id() -> int | None:
@@ -435,9 +459,14 @@ class NodeRunner:
     @property
     def admin_token(self) -> str:
         """The token of ``POST <prefix>/transfer`` while this process runs the elector."""
+        self.view  # noqa: B018 - notices a fork first
         locks = self._locks
         if self.role is Role.ELECTOR and locks is not None:
             return locks.token
+        if self.role is Role.MEMBER and locks is not None:
+            # A member hands the call to the elector process: the token to show is
+            # the one that process wrote next to the state file.
+            return locks.current_token()
         if self.settings.state_file is None and self.elector is not None:
             return self._memory_token
         return ""
@@ -499,13 +528,14 @@ class NodeRunner:
             self._record = SharedRecord(record_path(state_file))
             self._member_view = MemberView(self, self._record)
             self._refresh_view()
-        locks.join()
+        locks.join(self, self.settings.node_id)
         if locks.take_elector(self, self.settings.node_id):
             try:
                 self._become_elector()
             except BaseException:
                 locks.release_elector(self)
                 locks.leave()
+                locks.disown(self)
                 raise
             return
         self.role = Role.MEMBER
@@ -524,16 +554,23 @@ class NodeRunner:
         )
 
     def _took_over(self, run_here: Callable[[Callable[[], None]], None]) -> bool:
-        """The elector lock came to this process (in the waiting thread)."""
-        with self._lock:
-            if self._exiting or self.role is not Role.MEMBER or self._pid != os.getpid():
-                return False
+        """The elector lock came to this process (in the waiting thread).
+
+        What to do with it is decided in ``take``, under this runner's lock: a
+        runner that was stopped and started again meanwhile took the lock as its
+        own (locks of one process never conflict), and it must then stay.
+        """
 
         def take() -> None:
             with self._lock:
-                if self._exiting or self.role is not Role.MEMBER:
-                    if self._locks is not None:
-                        self._locks.release_elector(self)
+                locks = self._locks
+                if self.role is Role.ELECTOR:
+                    return  # started again meanwhile: the lock is its elector's now
+                if self._exiting or self.role is not Role.MEMBER or self._pid != os.getpid():
+                    if locks is not None:
+                        locks.release_elector(self)
+                        if self.role is not Role.MEMBER:
+                            locks.disown(self)
                     return
                 try:
                     self._become_elector()
@@ -543,8 +580,8 @@ class NodeRunner:
                         self.settings.node_id,
                         os.getpid(),
                     )
-                    if self._locks is not None:
-                        self._locks.release_elector(self)
+                    if locks is not None:
+                        locks.release_elector(self)
                     return
             _log.info(
                 "flask-goelect: node %r: process %d took the elector over",
@@ -611,10 +648,11 @@ class NodeRunner:
         except BaseException:
             server.close()
             raise
-        server.start()
         self._server = server
         self.elector = elector
         self.role = Role.ELECTOR
+        # Last: a call that the server answers finds this process the elector's.
+        server.start()
 
     def _resume(self, record: SharedRecord) -> core.Resume | None:
         """Where the node's previous elector process left off: its last record.
@@ -652,6 +690,7 @@ class NodeRunner:
             if role is Role.MEMBER and locks is not None:
                 locks.stop_waiting()
                 locks.leave()
+                locks.disown(self)
                 self.role = Role.IDLE
                 self._close_client()
                 return None
@@ -670,11 +709,14 @@ class NodeRunner:
             if locks is not None:
                 locks.release_elector(self)
                 locks.leave()
+                locks.disown(self)
             self.role = Role.IDLE
             return elector
 
     def stop_at_exit(self) -> Elector | None:
         """The process exits: leave the node (see :meth:`stop`), bounded in time."""
+        if self._pid != os.getpid():
+            self._forked()
         with self._lock:
             self._exiting = True
             locks = self._locks
@@ -782,16 +824,20 @@ class NodeRunner:
             client.close()
 
     def _forked(self) -> None:
-        """This object was inherited by a forked child: act for the child now."""
-        with self._lock:
+        """This object was inherited by a forked child: act for the child now.
+
+        The runner's lock is not taken: a thread of the parent may have held it
+        at the fork, and it never lets it go in the child.
+        """
+        with _FORK_GUARD:
             if self._pid == os.getpid():
                 return
-            previous = self.role
+            previous = self._role
             parent_worker = self._worker_id
-            self._pid = os.getpid()
-            self._worker_id = server_worker_id()
             self._lock = threading.RLock()
-            self.elector = None
+            self._worker_id = server_worker_id()
+            self._exiting = False
+            self._elector = None
             self._locks = None
             if self._server is not None:
                 # The parent's listening socket: close this process's copy only.
@@ -801,18 +847,27 @@ class NodeRunner:
             state_file = self.settings.state_file
             self._record = SharedRecord(record_path(state_file)) if state_file else None
             self._member_view = MemberView(self, self._record) if self._record is not None else None
-            self._refresh_view()
-            # A worker of a preforking server serves, and joins the node: the child
-            # of a master that deferred the node, or a new uWSGI worker forked by
-            # the first one (uWSGI without --master).
+            # Only a worker of a preforking server serves, and joins the node: the
+            # child of a master that deferred the node (not any child of that
+            # master: the app may fork others), or a new uWSGI worker forked by the
+            # first one (uWSGI without --master).
             worker = self._worker_id is not None and self._worker_id != parent_worker
-            if previous is Role.DEFERRED or (worker and previous is not Role.IDLE):
-                self.role = Role.DEFERRED
-                self._join_deferred()
-            elif previous in (Role.ELECTOR, Role.MEMBER, Role.READER) and self._record:
-                self.role = Role.READER
+            if previous is Role.DEFERRED and prefork_worker():
+                role, join = Role.DEFERRED, True
+            elif worker and previous is not Role.IDLE and previous is not Role.DEFERRED:
+                role, join = Role.DEFERRED, True
+            elif previous in (Role.ELECTOR, Role.MEMBER, Role.READER, Role.DEFERRED) and (
+                self._record is not None
+            ):
+                role, join = Role.READER, False
             else:
-                self.role = Role.IDLE
+                role, join = Role.IDLE, False
+            self._role = role
+            self._refresh_view()
+            # Last: the other threads of this process take the fast path from now on.
+            self._pid = os.getpid()
+        if join:
+            self._join_deferred()
 
     def _join_deferred(self) -> None:
         with self._lock:
@@ -975,3 +1030,13 @@ def _after_uwsgi_fork(runner: NodeRunner) -> None:
         runner.view  # noqa: B018 - reading it makes the runner act for this process
 
     uwsgidecorators.postfork(notice)
+
+
+def _reset_fork_guard() -> None:
+    # In a child forked by Python: the guard may have been held by a thread that
+    # does not exist here.
+    global _FORK_GUARD
+    _FORK_GUARD = threading.Lock()
+
+
+_hooks.in_child("connections", _reset_fork_guard)

@@ -13,7 +13,12 @@ payload and its CRC-32, then makes the number even again; a reader retries
 while the number is odd, changes under it, or the CRC does not match (which
 also covers hardware that reorders the writer's stores). A reader that finds
 the same even number as last time reuses the record it decoded then: one
-8-byte read per check.
+8-byte read per check. A record that stays incomplete (its writer was stopped
+or killed in the middle of a write) is never returned: after a few
+milliseconds of retries the reader falls back to the last complete record it
+read, which its lease still bounds. A complete record that cannot be decoded
+(another version's, or a damaged file) reads as no record: the node then looks
+stopped in that process, never leading.
 
 Only one process writes (the holder of the elector lock, see
 :mod:`flask_goelect._lock`). The record also says which process wrote it, so
@@ -23,6 +28,7 @@ that readers can tell a live elector from a record left by a dead one.
 from __future__ import annotations
 
 import json
+import logging
 import mmap
 import os
 import struct
@@ -46,7 +52,11 @@ _HEADER = struct.Struct("<8sQII")  # magic, sequence, payload length, CRC-32
 _SEQ = struct.Struct("<Q")
 _SEQ_OFFSET = 8
 _MAX_PAYLOAD = RECORD_SIZE - _HEADER.size
-_RETRIES = 1000
+#: How long a reader retries a record being written before it falls back to
+#: the last complete one (a write takes microseconds).
+_RETRY_FOR = 0.01
+
+_log = logging.getLogger("flask_goelect")
 
 
 def _boot_id() -> str:
@@ -174,8 +184,12 @@ class SharedRecord:
         finally:
             os.close(fd)
         self._write_lock = threading.Lock()
-        self._seq = -1
-        self._cached: NodeRecord | None = None
+        # (sequence number, the record read at it): one attribute, replaced whole,
+        # so that a reader in another thread never pairs a number with an older record.
+        self._cache: tuple[int, NodeRecord | None] = (-1, None)
+        # A sequence number this reader gave up on (its writer died mid-write):
+        # not waited for again until the number changes.
+        self._stuck = -1
 
     def __repr__(self) -> str:
         return f"<SharedRecord {str(self.path)!r}>"
@@ -200,23 +214,46 @@ class SharedRecord:
             _SEQ.pack_into(m, _SEQ_OFFSET, seq + 1)  # even: complete
 
     def read(self) -> NodeRecord | None:
-        """The last complete record, or None if none was ever written."""
+        """The last complete record, or None if none was ever written (or it cannot
+        be decoded).
+
+        Never returns a record being written: while the sequence number is odd,
+        changes under the reader, or the checksum fails, it retries, for up to
+        ``_RETRY_FOR`` seconds; then it returns the last complete record this
+        reader saw (None if it saw none).
+        """
         m = self._map
+        cache = self._cache
         seq = _SEQ.unpack_from(m, _SEQ_OFFSET)[0]
-        if seq == self._seq:
-            return self._cached
-        for _ in range(_RETRIES):
+        if seq == cache[0] or seq == self._stuck:
+            return cache[1]
+        give_up = None
+        while True:
             magic, seq, length, crc = _HEADER.unpack_from(m, 0)
             if magic != _MAGIC:
                 return None
-            if seq % 2 or length > _MAX_PAYLOAD:
-                os.sched_yield()
-                continue
-            payload = bytes(m[_HEADER.size : _HEADER.size + length])
-            if _SEQ.unpack_from(m, _SEQ_OFFSET)[0] != seq or zlib.crc32(payload) != crc:
-                os.sched_yield()
-                continue
-            record = NodeRecord.from_json(json.loads(payload))
-            self._seq, self._cached = seq, record
-            return record
-        raise TimeoutError(f"the record {str(self.path)!r} kept changing while it was read")
+            if not seq % 2 and length <= _MAX_PAYLOAD:
+                payload = bytes(m[_HEADER.size : _HEADER.size + length])
+                if _SEQ.unpack_from(m, _SEQ_OFFSET)[0] == seq and zlib.crc32(payload) == crc:
+                    record = self._decode(payload)
+                    self._cache = (seq, record)
+                    return record
+            now = time.monotonic()
+            if give_up is None:
+                give_up = now + _RETRY_FOR
+            elif now >= give_up:
+                self._stuck = seq
+                return cache[1]
+            os.sched_yield()
+
+    def _decode(self, payload: bytes) -> NodeRecord | None:
+        try:
+            return NodeRecord.from_json(json.loads(payload))
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            _log.warning(
+                "flask-goelect: the node's record %r cannot be read (%s); this process"
+                " sees the node stopped until its elector writes it again",
+                str(self.path),
+                exc,
+            )
+            return None
