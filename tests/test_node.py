@@ -67,7 +67,9 @@ def test_a_member_takes_the_elector_over_at_once_when_its_process_is_killed(
     # It resumes from the state file: the term never goes back.
     assert record.snapshot.term >= term
     assert b.ask("wait_leader 10")["is_leader"] is True
-    assert read_record(state_file).snapshot.term > term  # type: ignore[union-attr]
+    # It resumed the leadership the killed process left in the record (the same
+    # term, voted for itself in the state file): no election, no term lost.
+    assert read_record(state_file).snapshot.term == term  # type: ignore[union-attr]
     assert b.ask("job")["result"] == "ran"
 
 
@@ -139,18 +141,21 @@ def test_an_elector_process_that_leaves_hands_the_elector_to_a_member(
         time.sleep(0.05)
     finally:
         seen = log.stop()
-    handoff = [(t, r) for t, r in seen if r.handoff]
-    assert handoff, [r for _, r in seen]
-    handed_at, handed = handoff[0]
-    # The record keeps the node's state meanwhile: the leader, its term, its lease.
-    assert handed.pid == a.pid and handed.running
-    assert handed.snapshot.state is State.LEADER and handed.snapshot.term == before.snapshot.term
-    assert handed.snapshot.lease_until >= before.snapshot.lease_until
-    assert not handed.address  # nothing to forward to while it hands over
-    # Then the member takes over, from the same term (its state file).
+    # The hand-off record lives for the moment between the old process's stop and
+    # the new one's start: the poll may or may not see it.
+    for _, handed in (t_r for t_r in seen if t_r[1].handoff):
+        # The record keeps the node's state meanwhile: the leader, its term, its lease.
+        assert handed.pid == a.pid and handed.running
+        assert handed.snapshot.state is State.LEADER
+        assert handed.snapshot.term == before.snapshot.term
+        assert handed.snapshot.lease_until >= before.snapshot.lease_until
+        assert not handed.address  # nothing to forward to while it hands over
+    # Then the member takes over and resumes the leadership: same term, no election.
     taken = [(t, r) for t, r in seen if r.pid == b.pid]
-    assert taken and taken[0][0] >= handed_at
-    assert taken[0][1].snapshot.term >= before.snapshot.term
+    assert taken, [r for _, r in seen]
+    handed_at, resumed = taken[0]
+    assert resumed.snapshot.state is State.LEADER
+    assert resumed.snapshot.term == before.snapshot.term
     if how == "stop":
         # The job that was running ended before the hand-over went on.
         (began, ended), *_ = runs
@@ -160,7 +165,12 @@ def test_an_elector_process_that_leaves_hands_the_elector_to_a_member(
     assert b.ask("wait_leader 10")["is_leader"] is True
 
 
-@pytest.mark.parametrize("fork", ["fork", "cfork"])
+# Only Python's fork here: a fork from C of a process with running threads (the
+# elector's) leaves the child's interpreter believing those threads exist, and
+# CPython may then hang at the child's first release of the GIL. No server forks
+# an elector process from C: the uWSGI master (worker id 0) defers the node to its
+# workers and runs no thread (see test_a_deferred_runner_s_workers_join...).
+@pytest.mark.parametrize("fork", ["fork"])
 def test_a_fork_of_the_elector_process_is_a_reader_whose_jobs_are_refused(
     procs: list[NodeProc], state_file: Path, fork: str
 ) -> None:
