@@ -26,7 +26,7 @@ from flask import Flask
 
 from . import _hooks, auth, core, signals
 from ._answers import Answer
-from ._settings import Settings, security_warnings
+from ._settings import Settings, durability_warnings, security_warnings
 from .messages import Reply, Request
 from .node import NodeRunner, make_transport
 from .rpc import Body, Headers, StatusRead
@@ -147,7 +147,10 @@ class ExtensionState:
             _live.add(self)
             if not self._warned:
                 self._warned = True
-                for warning in security_warnings(self.settings):
+                for warning in (
+                    *security_warnings(self.settings),
+                    *durability_warnings(self.settings),
+                ):
                     logger.warning("flask-goelect: node %r: %s", self.settings.node_id, warning)
 
     def stop(self, transfer: bool = True, timeout: float | None = None) -> None:

@@ -197,10 +197,30 @@ class GoelectCollector:
             unit="seconds",
         )
         yield gauge(
-            "goelect_errors",
+            "goelect_errors_kept",
             "Failures kept in elect.errors (signal receivers, leader tasks, storage), at most 100.",
             _number(status.get("errors")),
         )
+
+        errors_total = CounterMetricFamily(
+            "goelect_errors",
+            "Failures recorded by the elector process since it started (signal receivers,"
+            " leader tasks, storage, background work).",
+            labels=n,
+        )
+        if _number(status.get("errors_total")) is not None:
+            errors_total.add_metric([node], float(status["errors_total"]))
+        yield errors_total
+        refused = CounterMetricFamily(
+            "goelect_refused",
+            "Requests of peers (and others) this node refused, by the error's code: unauthorized,"
+            " bad_signature, replayed_request, wrong_cluster, voter_set_mismatch...",
+            labels=["node", "reason"],
+        )
+        for reason, count in sorted((status.get("refused") or {}).items()):
+            if _number(count) is not None:
+                refused.add_metric([node, str(reason)], float(count))
+        yield refused
 
         role = GaugeMetricFamily(
             "goelect_state", "1 for the node's state, 0 for the others.", labels=["node", "state"]

@@ -342,6 +342,91 @@ class MemberView:
         return target
 
 
+class ProcessGate(InFlight):
+    """The leader-only calls running in this process, as the whole node sees them.
+
+    In the elector process it is the plain gate the elector drains. In another
+    process of the node it also publishes how many calls it runs (in its slot of
+    the node's record file), and refuses calls while the elector has closed the
+    node's gate: a leader about to hand leadership to another node waits for
+    the calls of *every* process of the node, not only its own.
+    """
+
+    def __init__(self, runner: NodeRunner) -> None:
+        super().__init__()
+        self._runner = runner
+        self._publish_lock = threading.Lock()
+
+    def _slot(self) -> tuple[SharedRecord, int] | None:
+        runner = self._runner
+        record, locks = runner._record, runner._locks
+        if runner._role is Role.ELECTOR or record is None or locks is None:
+            return None
+        slot = locks.member_byte
+        return (record, slot) if slot is not None else None
+
+    def _publish(self, target: tuple[SharedRecord, int]) -> None:
+        record, slot = target
+        # Under a lock (the count and its store together); the lock's release is
+        # also a memory barrier between this store and the gate's read below.
+        with self._publish_lock:
+            record.set_running_calls(slot, len(self._running))
+
+    def enter(self) -> bool:
+        if not super().enter():
+            return False
+        target = self._slot()
+        if target is None:
+            return True
+        # Published first, the gate read after: either the elector sees this call
+        # when it counts, or this call sees the gate closed.
+        self._publish(target)
+        last = target[0].read()
+        if last is not None and last.gate_closed:
+            super().leave()
+            self._publish(target)
+            return False
+        return True
+
+    def leave(self) -> None:
+        super().leave()
+        target = self._slot()
+        if target is not None:
+            self._publish(target)
+
+
+class NodeGate:
+    """The gate the elector drains before it hands leadership to another node:
+    the calls of this process, then those of the node's other processes."""
+
+    def __init__(self, runner: NodeRunner) -> None:
+        self._runner = runner
+
+    @property
+    def count(self) -> int:
+        runner = self._runner
+        return runner.inflight.count + runner._members_running_calls()
+
+    def drain(self, timeout: float) -> bool:
+        runner = self._runner
+        deadline = time.monotonic() + timeout
+        runner._close_node_gate(True)
+        if not runner.inflight.drain(timeout):
+            return False
+        # The other processes see the gate at their next call; a call that passed
+        # it a moment before has published itself by now.
+        while runner._members_running_calls():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(InFlight.POLL)
+        return True
+
+    def reopen(self) -> None:
+        runner = self._runner
+        runner._close_node_gate(False)
+        runner.inflight.reopen()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -385,9 +470,11 @@ class NodeRunner:
         self._member_view: MemberView | None = None
         self._exiting = False
         self._stepping_down = False
+        self._gate_closed = False
+        self._address_now = ""
         self._memory_token = ""
-        #: The leader-only calls running in this process (see :class:`InFlight`).
-        self.inflight = InFlight()
+        #: The leader-only calls running in this process (see :class:`ProcessGate`).
+        self.inflight = ProcessGate(self)
         #: Answers the peers' RPCs in the elector process.
         self.rpc = RpcServer(verifier, self._handle, settings.url_prefix)
         config = settings.election
@@ -605,7 +692,7 @@ class NodeRunner:
                 # A reply that comes later than one election timeout is useless:
                 # the heartbeat round it answers can no longer extend the lease.
                 rpc_timeout=(s.connect_timeout, s.elect_timeout),
-                gate=self.inflight,
+                gate=NodeGate(self),
             )
         except BaseException:
             transport.close()
@@ -624,20 +711,8 @@ class NodeRunner:
         # A name of its own per elector: a socket of an earlier one of this process
         # may not be released yet (its accept() still returning).
         address = f"{socket_address(state_file)}-{os.getpid()}-{next(_SERVER_NUMBERS)}"
-        pid = os.getpid()
-
-        def publish(snap: Snapshot) -> None:
-            record.write(
-                NodeRecord(
-                    snap,
-                    pid,
-                    snap.state is not State.STOPPED,
-                    address=address,
-                    stepping_down=self._stepping_down,
-                )
-            )
-
-        elector.add_listener(publish)
+        self._address_now = address
+        elector.add_listener(self._write_record)
         try:
             server = LocalServer(address, self._serve_local, _start_thread)
         except BaseException:
@@ -653,6 +728,34 @@ class NodeRunner:
         self.role = Role.ELECTOR
         # Last: a call that the server answers finds this process the elector's.
         server.start()
+
+    def _write_record(self, snap: Snapshot) -> None:
+        """Publish ``snap`` (and this process's flags) for the node's other processes."""
+        record = self._record
+        if record is not None:
+            record.write(
+                NodeRecord(
+                    snap,
+                    os.getpid(),
+                    snap.state is not State.STOPPED,
+                    address=self._address_now,
+                    stepping_down=self._stepping_down,
+                    gate_closed=self._gate_closed,
+                )
+            )
+
+    def _close_node_gate(self, closed: bool) -> None:
+        """Close (or open again) the gate of leader-only calls in every process of the node."""
+        self._gate_closed = closed
+        elector = self._elector
+        if elector is not None and self._role is Role.ELECTOR:
+            self._write_record(elector.snapshot)
+
+    def _members_running_calls(self) -> int:
+        record, locks = self._record, self._locks
+        if record is None or locks is None:
+            return 0
+        return record.running_calls(locks.other_members())
 
     def _resume(self, record: SharedRecord) -> core.Resume | None:
         """Where the node's previous elector process left off: its last record.
@@ -744,7 +847,7 @@ class NodeRunner:
         if record is not None:
             snap = elector.snapshot
             record.write(
-                NodeRecord(snap, os.getpid(), True, address=self._address(), stepping_down=True)
+                NodeRecord(snap, os.getpid(), True, address=self._address_now, stepping_down=True)
             )
         _log.info(
             "flask-goelect: node %r steps out of its load balancer for %g ms before it hands"
@@ -753,10 +856,6 @@ class NodeRunner:
             drain * 1000,
         )
         time.sleep(drain)
-
-    def _address(self) -> str:
-        server = self._server
-        return server.address if server is not None else ""
 
     def _successor_exists(self, locks: LockFile) -> bool:
         if not self._exiting:
@@ -990,7 +1089,12 @@ class NodeRunner:
 
     def status(self) -> dict[str, Any]:
         """This node's view, as its elector process sees it, and this process's part."""
-        status: dict[str, Any] = self.view.status()
+        view = self.view
+        status: dict[str, Any] = view.status()
+        if view is self.elector:
+            # Requests refused by this node, by the error's code (auth, cluster,
+            # voter_set_mismatch...): answered here, wherever they landed.
+            status["refused"] = dict(sorted(self.rpc.refused.items()))
         status["process"] = self.process()
         return status
 

@@ -35,6 +35,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ __all__ = ["BOOT_ID", "RECORD_SIZE", "NodeRecord", "SharedRecord", "record_path"
 
 #: The size of the record file: room for a snapshot with many tags and peers.
 RECORD_SIZE = 64 * 1024
+#: After the record: one 8-byte count per member process of the node (indexed by
+#: its member byte, see :mod:`flask_goelect._lock`), of its leader-only calls running.
+_SLOTS = 257
+_SLOT = struct.Struct("<Q")
+_FILE_SIZE = RECORD_SIZE + _SLOTS * _SLOT.size
 
 _MAGIC = b"goelect\x01"
 _HEADER = struct.Struct("<8sQII")  # magic, sequence, payload length, CRC-32
@@ -116,6 +122,9 @@ class NodeRecord:
     address: str = ""
     stepping_down: bool = False
     boot: str = field(default_factory=lambda: BOOT_ID)
+    #: The leader is about to hand leadership to another node: no process of the
+    #: node starts a leader-only call (see :class:`flask_goelect.state.InFlight`).
+    gate_closed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         s = self.snapshot
@@ -135,6 +144,7 @@ class NodeRecord:
             "address": self.address,
             "stepping_down": self.stepping_down,
             "boot": self.boot,
+            "gate_closed": self.gate_closed,
         }
 
     @classmethod
@@ -158,6 +168,7 @@ class NodeRecord:
             str(data.get("address", "")),
             bool(data.get("stepping_down", False)),
             str(data.get("boot", "")),
+            bool(data.get("gate_closed", False)),
         )
 
     @property
@@ -178,9 +189,9 @@ class SharedRecord:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
         try:
-            if os.fstat(fd).st_size < RECORD_SIZE:
-                os.ftruncate(fd, RECORD_SIZE)  # the same size from every process: no race
-            self._map = mmap.mmap(fd, RECORD_SIZE)
+            if os.fstat(fd).st_size < _FILE_SIZE:
+                os.ftruncate(fd, _FILE_SIZE)  # the same size from every process: no race
+            self._map = mmap.mmap(fd, _FILE_SIZE)
         finally:
             os.close(fd)
         self._write_lock = threading.Lock()
@@ -212,6 +223,15 @@ class SharedRecord:
             m[_HEADER.size : _HEADER.size + len(payload)] = payload
             _HEADER.pack_into(m, 0, _MAGIC, seq, len(payload), zlib.crc32(payload))
             _SEQ.pack_into(m, _SEQ_OFFSET, seq + 1)  # even: complete
+
+    def set_running_calls(self, slot: int, count: int) -> None:
+        """This member process's count of leader-only calls running (it alone writes it)."""
+        _SLOT.pack_into(self._map, RECORD_SIZE + slot * _SLOT.size, count)
+
+    def running_calls(self, slots: Iterable[int]) -> int:
+        """How many leader-only calls the member processes of ``slots`` have running."""
+        m = self._map
+        return sum(_SLOT.unpack_from(m, RECORD_SIZE + s * _SLOT.size)[0] for s in slots)
 
     def read(self) -> NodeRecord | None:
         """The last complete record, or None if none was ever written (or it cannot

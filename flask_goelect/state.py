@@ -30,6 +30,7 @@ from .messages import Reply, Request
 
 __all__ = [
     "MAX_ERROR_RECORDS",
+    "Gate",
     "InFlight",
     "STATE_OF_ROLE",
     "ElectorLike",
@@ -242,6 +243,23 @@ class FixedElector:
         if self.forced:
             raise TransferError("this node is not the leader (forced by flask_goelect.testing)")
         raise NotRunning("the elector of this node is not running; start it first")
+
+
+class Gate(Protocol):
+    """What a leader drains before it hands leadership over on purpose."""
+
+    @property
+    def count(self) -> int:
+        """How many leader-only calls are running."""
+        ...
+
+    def drain(self, timeout: float) -> bool:
+        """Admit no new call; wait up to ``timeout`` for those running (True: none left)."""
+        ...
+
+    def reopen(self) -> None:
+        """Admit calls again."""
+        ...
 
 
 class InFlight:

@@ -212,6 +212,38 @@ def _main() -> None:  # pragma: no cover - runs in the child processes
             entered = threading.Event()
             threading.Thread(target=job, args=(float(args[0]), entered), daemon=True).start()
             answer(entered=entered.wait(5))
+        elif command == "hold_call":
+            # A leader-only call (a view, say) that runs for args[0] seconds in this
+            # process, through the process's gate as the decorators pass it.
+            gate = state.inflight
+            admitted = gate.enter()
+            if admitted:
+
+                def hold(seconds: float, gate: Any = gate) -> None:
+                    time.sleep(seconds)
+                    gate.leave()
+
+                threading.Thread(target=hold, args=(float(args[0]),), daemon=True).start()
+            answer(admitted=admitted, at=time.monotonic())
+        elif command == "try_call":
+            gate = state.inflight
+            admitted = gate.enter()
+            if admitted:
+                gate.leave()
+            answer(admitted=admitted)
+        elif command == "drain_node":
+            # What the elector does before a hand-over to another node.
+            from flask_goelect.node import NodeGate
+
+            node_gate = NodeGate(state.node)
+            started = time.monotonic()
+            drained = node_gate.drain(float(args[0]))
+            answer(drained=drained, seconds=time.monotonic() - started, count=node_gate.count)
+        elif command == "reopen_node":
+            from flask_goelect.node import NodeGate
+
+            NodeGate(state.node).reopen()
+            answer(reopened=True)
         elif command == "runs":
             answer(runs=runs)
         elif command == "token":

@@ -296,3 +296,30 @@ def test_prefork_worker_knows_a_gunicorn_worker_by_its_spawn(tmp_path: Path) -> 
     assert module.spawn_worker(prefork_worker) is True
     assert module.setup(prefork_worker) is False
     assert prefork_worker() is False
+
+
+def test_a_hand_over_waits_for_the_calls_of_every_process_of_the_node(
+    procs: list[NodeProc], state_file: Path
+) -> None:
+    # Before a leader hands leadership to another node it closes the node's gate
+    # and waits for the leader-only calls running in *any* of its processes: a view
+    # running in a member must not overlap the next leader.
+    a, b = elector_and_member(procs, state_file)
+    held = b.ask("hold_call 0.4")
+    assert held["admitted"] is True
+    drained = a.ask("drain_node 2")
+    assert drained["drained"] is True and drained["count"] == 0
+    assert drained["seconds"] >= 0.25, drained  # it waited for the member's call
+    # While the gate is closed, no process of the node starts a call.
+    assert b.ask("try_call")["admitted"] is False
+    assert a.ask("try_call")["admitted"] is False
+    a.ask("reopen_node")
+    assert b.ask("try_call")["admitted"] is True
+
+
+def test_a_drain_is_bounded_by_its_timeout(procs: list[NodeProc], state_file: Path) -> None:
+    a, b = elector_and_member(procs, state_file)
+    assert b.ask("hold_call 3")["admitted"] is True
+    drained = a.ask("drain_node 0.3")
+    assert drained["drained"] is False and 0.25 <= drained["seconds"] < 2, drained
+    a.ask("reopen_node")

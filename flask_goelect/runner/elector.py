@@ -23,6 +23,7 @@ what the core asks for. Its parts live beside it: where work runs
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -41,7 +42,7 @@ from .. import clock as _clock
 from ..messages import Heartbeat, Reply, Request, TimeoutNow, VoteRequest
 from ..state import (
     ErrorRecord,
-    InFlight,
+    Gate,
     NotRunning,
     Snapshot,
     State,
@@ -139,7 +140,7 @@ class Elector:
         on_transition: OnTransition | None = None,
         callback_timeout: float = 5.0,
         rpc_timeout: tuple[float, float] | None = None,
-        gate: InFlight | None = None,
+        gate: Gate | None = None,
         clock: Callable[[], float] = _clock.now,
         rng: random.Random | None = None,
         logger: logging.Logger | None = None,
@@ -161,6 +162,12 @@ class Elector:
         self.log = logger if logger is not None else _log
         #: Recent failures of callbacks, leader tasks, storage and background work.
         self.errors = new_error_log()
+        #: Every failure recorded since this elector was made (``errors`` keeps the last).
+        self.errors_total = 0
+        #: Changes of role since this elector was made, by ``"<from> -> <to>"``
+        #: (``"pre-candidate -> candidate"`` is an election started, ``"candidate ->
+        #: leader"`` one won), for the status and the metrics.
+        self.transitions: collections.Counter[str] = collections.Counter()
         self._storage = storage
         self._transport = transport
         self._on_transition = on_transition
@@ -270,6 +277,9 @@ class Elector:
             if senders is not None
             else {},
             errors=len(self.errors),
+            errors_total=self.errors_total,
+            transitions=dict(sorted(self.transitions.items())),
+            voter_set=self.config.voter_set_fingerprint,
             running=self._running,
             mode=self.mode,
         )
@@ -641,6 +651,8 @@ class Elector:
         self._flush(run, stepped.version)
         for t in stepped.out.transitions:
             change = f"{t.previous_role} -> {t.role}" if t.role is not t.previous_role else t.role
+            if t.role is not t.previous_role:
+                self.transitions[change] += 1
             self.log.info(
                 "goelect %s: %s in term %d, leader %s: %s",
                 self.node_id,
@@ -727,6 +739,7 @@ class Elector:
 
     def _record(self, kind: str, what: BaseException | str) -> None:
         text = what if isinstance(what, str) else repr(what)
+        self.errors_total += 1
         self.errors.append(ErrorRecord(time.time(), kind, text))
 
     def _crashed(self, name: str, exc: BaseException | None) -> None:
