@@ -127,11 +127,21 @@ def _replacement_booting() -> bool:
                 continue
             # fields[0] is the state (field 3), fields[1] the parent (field 4),
             # fields[19] the start time (field 22), in clock ticks since boot.
-            if int(fields[1]) == master and fields[0] != "Z" and int(fields[19]) > mine:
+            if (
+                int(fields[1]) == master
+                and fields[0] != "Z"
+                and int(fields[19]) > mine + _GENERATION_TICKS
+            ):
                 return True
     except (OSError, ValueError, IndexError):
         return False
     return False
+
+
+#: Workers a server forks together start within this many clock ticks of each other
+#: (``os.sysconf("SC_CLK_TCK")``, 100 a second): a worker forked by a later reload
+#: starts after the others had time to load the app and join.
+_GENERATION_TICKS = 10
 
 
 def _start_time(pid: int) -> int:
@@ -615,7 +625,8 @@ class NodeRunner:
             self._record = SharedRecord(record_path(state_file))
             self._member_view = MemberView(self, self._record)
             self._refresh_view()
-        locks.join(self, self.settings.node_id)
+        byte = locks.join(self, self.settings.node_id)
+        self._record.set_member_pid(byte, os.getpid())
         if locks.take_elector(self, self.settings.node_id):
             try:
                 self._become_elector()
@@ -864,16 +875,36 @@ class NodeRunner:
         # moment to show that they are leaving too.
         locks.leave()
         time.sleep(EXIT_SETTLE)
-        if locks.other_members():
-            return True
-        # A reload (gunicorn's HUP) starts new workers, then stops the old ones
-        # before the new ones have loaded the app: wait for them to join.
+        if not _replacement_booting():
+            return bool(locks.other_members())
+        # A reload (gunicorn's HUP) starts new workers, then stops the old ones:
+        # the old members are on their way out too, and the new ones have not
+        # loaded the app yet. Lead on until one of the new ones has joined.
         deadline = time.monotonic() + REPLACEMENT_WAIT
-        while _replacement_booting() and time.monotonic() < deadline:
-            if locks.other_members():
+        while time.monotonic() < deadline:
+            if self._younger_member():
                 return True
+            if not _replacement_booting():
+                break
             time.sleep(0.02)
         return bool(locks.other_members())
+
+    def _younger_member(self) -> bool:
+        """Whether a member of the node is a replacement: a worker its server forked
+        well after this process (the workers forked with this one, at the same
+        start or reload, are stopping with it)."""
+        record, locks = self._record, self._locks
+        if record is None or locks is None:
+            return False
+        try:
+            later = _start_time(os.getpid()) + _GENERATION_TICKS
+            for byte in locks.other_members():
+                pid = record.member_pid(byte)
+                if pid and _alive(pid) and _start_time(pid) > later:
+                    return True
+        except (OSError, ValueError, IndexError):
+            return False
+        return False
 
     def _hand_off(self, elector: Elector, timeout: float) -> None:
         """Stop the elector but keep the node's record: another process takes over.

@@ -51,7 +51,9 @@ RECORD_SIZE = 64 * 1024
 #: its member byte, see :mod:`flask_goelect._lock`), of its leader-only calls running.
 _SLOTS = 257
 _SLOT = struct.Struct("<Q")
-_FILE_SIZE = RECORD_SIZE + _SLOTS * _SLOT.size
+#: Then, per member byte, the pid of the process that holds it (written at its join).
+_PIDS = RECORD_SIZE + _SLOTS * _SLOT.size
+_FILE_SIZE = _PIDS + _SLOTS * _SLOT.size
 
 _MAGIC = b"goelect\x01"
 _HEADER = struct.Struct("<8sQII")  # magic, sequence, payload length, CRC-32
@@ -232,6 +234,15 @@ class SharedRecord:
         """How many leader-only calls the member processes of ``slots`` have running."""
         m = self._map
         return sum(_SLOT.unpack_from(m, RECORD_SIZE + s * _SLOT.size)[0] for s in slots)
+
+    def set_member_pid(self, slot: int, pid: int) -> None:
+        """Say which process holds member byte ``slot`` (the process itself writes it)."""
+        _SLOT.pack_into(self._map, _PIDS + slot * _SLOT.size, pid)
+
+    def member_pid(self, slot: int) -> int:
+        """The process that last said it holds member byte ``slot`` (0: none said)."""
+        pid: int = _SLOT.unpack_from(self._map, _PIDS + slot * _SLOT.size)[0]
+        return pid
 
     def read(self) -> NodeRecord | None:
         """The last complete record, or None if none was ever written (or it cannot
