@@ -28,7 +28,7 @@ import pytest
 from core_net import started_long_ago
 from test_transport import ServerThread, black_hole, rpc_app
 
-from flask_goelect import core
+from flask_goelect import clock, core
 from flask_goelect.messages import (
     Heartbeat,
     Reply,
@@ -744,3 +744,71 @@ def test_patched_process_runs_the_election_in_the_servers_hub():
     assert result["handover"] < 0.1, result  # T = 0.2 s; typically a few ms
     assert result["old_task_killed"], result
     assert result["errors"] == []
+
+
+class HeldStorage(MemoryStorage):
+    """Holds every save of a term from 1 on until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def save(self, state: core.HardState) -> None:
+        if state.term >= 1:
+            self.entered.set()
+            assert self.release.wait(10)
+        super().save(state)
+
+
+def test_leadership_is_published_only_once_its_term_is_on_disk(cluster):
+    # A one-voter cluster becomes candidate and leader in one step: readers
+    # (is_leader, the fencing token ctx.term) must not see that leadership until
+    # the term is saved, or a crash meanwhile hands the same token out twice.
+    storage = HeldStorage()
+    elector = Elector(config("solo", (core.Peer("solo"),), t=0.2), storage, cluster.net)
+    cluster.electors["solo"] = elector
+    seen: list[tuple[str, int, int]] = []
+    with started_long_ago():
+        elector.start()
+    assert storage.entered.wait(5)
+    deadline = time.monotonic() + 0.5  # over two election timeouts
+    while time.monotonic() < deadline:
+        snap = elector.snapshot
+        seen.append((snap.state, snap.term, storage.state.term))
+        assert not elector.is_leader(), seen[-1]
+        time.sleep(0.005)
+    assert all(state != "leader" for state, _, _ in seen)
+    storage.release.set()
+    assert wait_until(elector.is_leader, 5)
+    assert elector.snapshot.term == storage.state.term == 1
+
+
+def test_leader_tasks_end_when_the_lease_lapses_not_at_the_step_down(cluster):
+    # The lease (T(1 - drift) from the last acknowledged round) lapses well before
+    # check-quorum's next tick (every heartbeat interval) steps the leader down:
+    # its tasks must stop at the lapse, before another node can lead.
+    ends: dict[str, float] = {}
+    peers = tuple(core.Peer(i) for i in IDS)
+    for node_id in IDS:
+        cfg = core.Config(node_id, peers, elect_timeout=2.0, heartbeat_interval=1.0, max_drift=0.45)
+        elector = Elector(cfg, MemoryStorage(), cluster.net)
+        cluster.net.register(node_id, elector.handle, elector.status)
+        cluster.electors[node_id] = elector
+
+        def task(ctx: LeaderContext, node_id: str = node_id) -> None:
+            ctx.cancelled.wait(30)
+            ends[node_id] = clock.now()
+
+        elector.leader_task(task)
+    with started_long_ago():
+        cluster.start()
+    leader = cluster.leader(timeout=20)
+    time.sleep(1.2)  # the task runs, rounds are acknowledged
+    cluster.net.isolate(leader.node_id)
+    lease_until = leader.snapshot.lease_until  # no round is acknowledged from now on
+    assert wait_until(lambda: leader.node_id in ends, 10)
+    # Lease 1.1 s after the last acknowledged send, step-down at the first tick
+    # 2 s after it: ending within half the gap of the lapse tells them apart.
+    assert ends[leader.node_id] - lease_until < 0.45, (ends, lease_until)
+    assert leader.snapshot.lease_until <= ends[leader.node_id]

@@ -24,6 +24,7 @@ what the core asks for. Its parts live beside it: where work runs
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import os
@@ -95,6 +96,8 @@ class _Run:
         self.saved_version = 0
         self.pending_state = state
         self.failed: BaseException | None = None
+        #: A leader snapshot waits for its state to reach the disk (see _after_step).
+        self.publish_pending = False
         self.loop_deadline = math.inf
         self.waker = LoopWaker()
         self.loop_worker: Any = None
@@ -436,12 +439,14 @@ class Elector:
 
     def _halt(self) -> None:
         """Stop everything from sending or answering; safe from any thread or greenlet."""
+        run = self._run
         with self._life_lock:
             if not self._running:
                 return
-            self._running = False
-            self._pub.publish(self._pub.stopped(self._pub.current.term))
-        run = self._run
+            # Under the run's lock too: no step can publish a snapshot after this one.
+            with run.lock if run is not None else contextlib.nullcontext():
+                self._running = False
+                self._pub.publish(self._pub.stopped(self._pub.current.term))
         self._pub.wake()
         if run is not None:
             run.waker.send()
@@ -624,7 +629,13 @@ class Elector:
             run.state_version += 1
             run.pending_state = out.persist
         snap = self._pub.of(node)
-        self._pub.publish(snap)
+        if snap.state is State.LEADER and run.saved_version < run.state_version:
+            # A leadership whose term is not on disk yet (a one-voter cluster
+            # becomes candidate and leader in one step) is published once it is:
+            # a fencing token must never be handed out twice after a crash.
+            run.publish_pending = True
+        else:
+            self._pub.publish(snap)
         deadline = node.next_deadline()
         if from_loop:
             run.loop_deadline = deadline
@@ -688,6 +699,13 @@ class Elector:
                 self._fail("storage", exc)
                 raise
             run.saved_version = latest
+            if run.publish_pending:
+                with run.lock:
+                    if run.publish_pending and self._running and run is self._run:
+                        snap = self._pub.of(run.node)
+                        if snap.state is not State.LEADER or run.saved_version >= run.state_version:
+                            run.publish_pending = False
+                            self._pub.publish(snap)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -719,7 +737,13 @@ class Elector:
                     clock=self._clock,
                     record=self._record,
                 )
-            delay = run.loop_deadline - self._clock()
+            deadline = run.loop_deadline
+            if self._tasks.running:
+                # Leader tasks end when the lease does, not at the next heartbeat.
+                lease = self._pub.current.lease_until
+                if 0 < lease < deadline:
+                    deadline = lease
+            delay = deadline - self._clock()
             if delay > 0:
                 event.wait(None if math.isinf(delay) else delay)
 

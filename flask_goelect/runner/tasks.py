@@ -75,6 +75,11 @@ class LeaderTasks:
         """Whether there is anything to start or cancel."""
         return bool(self.funcs or self._workers)
 
+    @property
+    def running(self) -> bool:
+        """Whether tasks of a leadership are running (to be cancelled at its end)."""
+        return bool(self._workers)
+
     def add(self, func: TaskFunc) -> None:
         self.funcs.append(func)
 
@@ -98,8 +103,10 @@ class LeaderTasks:
         clock: Callable[[], float],
         record: Callable[[str, BaseException | str], None],
     ) -> None:
-        """Start the tasks on a new leadership, cancel them when it is over."""
-        if self._term is not None and (snap.state is not State.LEADER or snap.term != self._term):
+        """Start the tasks on a new leadership, cancel them when it is over: when
+        the node steps down, and as soon as its lease lapses (a task must not
+        overlap the next leader)."""
+        if self._term is not None and (snap.term != self._term or not snap.is_leader(now)):
             self.cancel(runtime)
         if not (running and snap.is_leader(now)):
             return
