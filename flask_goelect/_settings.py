@@ -175,23 +175,27 @@ def _flag(k: ConfigKey, value: object) -> bool:
     return _boolean(k.key, value)
 
 
+def _pairs(what: str, text: str, form: str, example: str) -> dict[str, str]:
+    """``'k=v,k2=v2'`` (how a dict is written in an environment variable) as a dict."""
+    pairs: dict[str, str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise _error(
+                f"{what} entry {item!r} is not '{form}': write it like {example!r} or as a dict"
+            )
+        pairs[k.strip()] = v.strip()
+    return pairs
+
+
 def _tags(what: str, value: object) -> dict[str, str]:
     if value is None:
         return {}
     if isinstance(value, str):
-        tags: dict[str, str] = {}
-        for item in value.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            k, sep, v = item.partition("=")
-            if not sep or not k.strip():
-                raise _error(
-                    f"{what} entry {item!r} is not 'key=value': write tags like"
-                    " 'zone=a,rack=3' or as a dict"
-                )
-            tags[k.strip()] = v.strip()
-        value = tags
+        value = _pairs(what, value, "key=value", "zone=a,rack=3")
     try:
         return validate_tags(value, what)
     except MessageError as exc:
@@ -344,6 +348,37 @@ def _follower_response(k: ConfigKey, value: object) -> str:
     if text in ("503", "redirect"):
         return text
     raise _error(f"{k.key} must be '503' or 'redirect', not {value!r}")
+
+
+#: What a follower's ``@leader_only`` answer may tell a client about the leader.
+REVEALS = ("nothing", "id", "address")
+
+
+def _follower_reveals(k: ConfigKey, value: object) -> str:
+    text = str(value).strip().lower()
+    if text in REVEALS:
+        return text
+    raise _error(
+        f"{k.key} must be 'nothing' (no ids, terms or addresses), 'id' (the leader's id and"
+        f" the term) or 'address' (also the leader's address as peers reach it), not {value!r}"
+    )
+
+
+def _public_urls(k: ConfigKey, value: object) -> dict[str, str]:
+    """Node id -> the base URL clients reach that node at; ids are checked against the peers."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        value = _pairs(k.key, value, "id=url", "n1=https://a.example.com,n2=https://b.example.com")
+    if not isinstance(value, Mapping):
+        raise _error(
+            f"{k.key} must be a dict of node id to public base URL (or 'id=url,id=url'),"
+            f" not {type(value).__name__}"
+        )
+    return {
+        _node_id(f"{k.key}: id", node_id): _address(f"{k.key}[{node_id!r}]", url)
+        for node_id, url in value.items()
+    }
 
 
 def _state_file(k: ConfigKey, value: object) -> str | None:
@@ -580,8 +615,34 @@ TABLE: tuple[ConfigKey, ...] = (
         _follower_response,
         doc='What a `@leader_only` view answers on a node that is not the leader: `"503"`'
         ' or `"redirect"`.',
-        more='`"503"` is JSON naming the leader, with `Retry-After`; `"redirect"` is a 307'
-        " to the same path and query on the leader (503 when no leader is known).",
+        more='`"503"` is JSON with `Retry-After`; `"redirect"` is a 307 to the same path and'
+        " query on the leader (503 when no leader is known). A redirect needs a URL clients"
+        f" can reach: `{PREFIX}PUBLIC_URLS` for every voter, or"
+        f' `{PREFIX}FOLLOWER_REVEALS = "address"`.',
+    ),
+    ConfigKey(
+        "FOLLOWER_REVEALS",
+        "nothing",
+        _follower_reveals,
+        doc='What a follower\'s `@leader_only` answer tells any client: `"nothing"`, `"id"`'
+        " (the leader's id, this node's id and state, the term) or `\"address\"` (also the"
+        " leader's address as peers reach it).",
+        more=f"The leader's entry in `{PREFIX}PUBLIC_URLS`, made to be shown, is always"
+        " given. See docs/security.md.",
+        why="the answers of `@leader_only` views go to anyone who can reach the app; node"
+        " ids and internal addresses are the cluster's topology, hidden like"
+        f" `{PREFIX}STATUS_PUBLIC` hides it.",
+    ),
+    ConfigKey(
+        "PUBLIC_URLS",
+        {},
+        _public_urls,
+        doc="The base URL clients reach each node at (a dict of node id to URL, or"
+        ' `"n1=https://a.example.com,n2=..."`): where a follower redirects, and the'
+        " `leader_url` of its 503 answer.",
+        more="The same on every node; ids must be in the peers. Use it when the addresses"
+        " in the peers are internal (a pod IP, a private network) and clients reach the"
+        " nodes by other names.",
     ),
     ConfigKey(
         "HANDOVER_DRAIN",
@@ -710,6 +771,10 @@ class Settings:
     state_file: str | None
     autostart: bool
     follower_response: str
+    #: ``"nothing"``, ``"id"`` or ``"address"``: see ``GOELECT_FOLLOWER_REVEALS``.
+    follower_reveals: str = "nothing"
+    #: Node id -> the base URL clients reach it at (``GOELECT_PUBLIC_URLS``).
+    public_urls: Mapping[str, str] = field(default_factory=dict)
     #: Seconds a stopping leader keeps leading with ``/leader`` answering 503.
     handover_drain: float = 0.0
     #: The shared secrets (``GOELECT_SECRET``): the first signs, all verify.
@@ -947,6 +1012,24 @@ def load_settings(
         names = CONFIG_FIELD_KEYS.get(exc.field, CONFIG_FIELD_KEYS[None])
         raise _error(f"{' / '.join(map(key, names))}: {exc}") from None
 
+    public_urls: dict[str, str] = value["PUBLIC_URLS"]
+    ids = {p.id for p in election.peers}
+    strangers = sorted(set(public_urls) - ids)
+    if strangers:
+        raise _error(
+            f"{key('PUBLIC_URLS')} names {', '.join(map(repr, strangers))}, not in"
+            f" {key('PEERS')}: give a URL for nodes of the peer list only (a typo in an id?)"
+        )
+    if value["FOLLOWER_RESPONSE"] == "redirect" and value["FOLLOWER_REVEALS"] != "address":
+        missing = [p.id for p in election.peers if not p.novote and p.id not in public_urls]
+        if missing:
+            raise _error(
+                f"{key('FOLLOWER_RESPONSE')} is 'redirect' but {key('PUBLIC_URLS')} has no URL"
+                f" for {', '.join(map(repr, missing))}: give every voter the URL clients reach"
+                f" it at, or set {key('FOLLOWER_REVEALS')} = 'address' to redirect clients to"
+                " the addresses of the peer list"
+            )
+
     state_file: str = value["STATE_FILE"] or os.path.join(instance_path, f"goelect-{node_id}.json")
     return Settings(
         node_id=node_id,
@@ -959,6 +1042,8 @@ def load_settings(
         state_file=None if state_file == MEMORY else state_file,
         autostart=value["AUTOSTART"],
         follower_response=value["FOLLOWER_RESPONSE"],
+        follower_reveals=value["FOLLOWER_REVEALS"],
+        public_urls=public_urls,
         handover_drain=value["HANDOVER_DRAIN"],
         secrets=value["SECRET"],
         cluster=value["CLUSTER"],

@@ -2,10 +2,11 @@
 
 The commands run in a ``flask`` process of their own, which does not run an
 elector (see ``GOELECT_AUTOSTART``): they ask the running node over HTTP, first
-on this host's loopback at the node's port (where ``/status`` is readable
-without a secret), then at ``GOELECT_NODE_ADDRESS``. ``transfer`` and
-``step-down`` prove they run on the node's host by sending the token the
-running elector keeps next to its state file.
+on this host's loopback at the node's port, then at ``GOELECT_NODE_ADDRESS``.
+They prove they run on the node's host by sending the token the running
+elector keeps next to its state file: ``/status`` then answers without a
+secret whatever address the node listens on, and ``transfer`` and
+``step-down`` are allowed.
 
 ::
 
@@ -33,6 +34,7 @@ from flask.cli import AppGroup
 
 from .app_state import ExtensionState
 from .auth import is_loopback
+from .views import TOKEN_HEADER
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNSAFE", "goelect_cli"]
 
@@ -80,12 +82,72 @@ def _addresses(state: ExtensionState, url: str | None) -> list[str]:
     return [local, address] if local else [address]
 
 
+def _local_token(state: ExtensionState) -> str | None:
+    """The token of the node's elector running on this host, or None."""
+    from ._lock import read_token
+
+    state_file = state.settings.state_file
+    return read_token(state_file) if state_file else None
+
+
+def _ask_node(
+    state: ExtensionState, method: str, route: str, url: str | None, token: str, **kw: Any
+) -> tuple[Any, str] | None:
+    """Send ``route`` to the node with its local token: (the response, its URL), or
+    None when it could not be reached at any of its addresses on this host.
+
+    The token goes only to this host: loopback, or the node's own address (a
+    ``--url`` elsewhere gets no token).
+    """
+    import requests
+
+    settings = state.settings
+    own = {settings.node_address.rstrip("/"), _loopback(settings.node_address.rstrip("/"))}
+    verify: Any = settings.tls_ca or True
+    cert: Any = None
+    if settings.tls_cert:
+        cert = (settings.tls_cert, settings.tls_key) if settings.tls_key else settings.tls_cert
+    for address in _addresses(state, url):
+        if address not in own and not is_loopback(urlsplit(address).hostname):
+            continue
+        target = f"{address}{state.url_prefix}{route}"
+        try:
+            with requests.Session() as session:
+                session.trust_env = False
+                response = session.request(
+                    method,
+                    target,
+                    headers={TOKEN_HEADER: token},
+                    timeout=_timeout(state),
+                    allow_redirects=False,
+                    verify=verify,
+                    cert=cert,
+                    **kw,
+                )
+        except requests.RequestException:
+            continue
+        return response, target
+    return None
+
+
 def _node_status(state: ExtensionState, url: str | None = None) -> dict[str, Any]:
     if state.running and url is None:
         return state.status()
     from .core import Peer
     from .transport import TransportError
 
+    token = _local_token(state)
+    if token:
+        # On the node's host: its token opens /status whatever address the node
+        # listens on (a request from its own non-loopback address is not local).
+        asked = _ask_node(state, "GET", "/status", url, token)
+        if asked is not None and asked[0].status_code == 200:
+            try:
+                data = asked[0].json()
+            except ValueError:
+                data = None
+            if isinstance(data, dict):
+                return data
     transport = state.make_transport()
     errors = []
     try:
@@ -196,7 +258,12 @@ def cluster_command(as_json: bool, timeout: float | None) -> None:
 
 
 @goelect_cli.command("transfer")
-@click.option("--to", "to", default=None, help="The node id to hand over to (default: the best).")
+@click.option(
+    "--to",
+    "to",
+    default=None,
+    help="The node id to hand over to (default: the voter heard from last).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_URL
 def transfer_command(to: str | None, as_json: bool, url: str | None) -> None:
@@ -216,7 +283,7 @@ def transfer_command(to: str | None, as_json: bool, url: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_URL
 def step_down_command(as_json: bool, url: str | None) -> None:
-    """Make sure this node does not lead: a leader hands over to the best voter.
+    """Make sure this node does not lead: a leader hands over to the voter heard from last.
 
     Done (exit 0) when the node handed over or was not leading: run it on a
     host before its maintenance.
@@ -250,44 +317,29 @@ def _transfer(state: ExtensionState, to: str | None, url: str | None) -> tuple[s
         except Exception as exc:
             raise click.ClickException(str(exc)) from None
         return target, state.snapshot.term
-    import requests
-
-    from ._lock import read_token
-    from .views import TOKEN_HEADER
-
     settings = state.settings
-    token = read_token(settings.state_file) if settings.state_file else None
+    token = _local_token(state)
     if not token:
         raise click.ClickException(
             f"node {settings.node_id!r} is not running here (no token next to"
             f" {settings.state_file!r}); run the command on the host of the leader, with the"
             " same configuration as the running app"
         )
-    failures = []
-    for address in _addresses(state, url):
-        target_url = f"{address}{state.url_prefix}/transfer"
-        try:
-            with requests.Session() as session:
-                session.trust_env = False
-                resp = session.post(
-                    target_url,
-                    json={"to": to},
-                    headers={TOKEN_HEADER: token},
-                    timeout=_timeout(state),
-                    allow_redirects=False,
-                )
-        except requests.RequestException as exc:
-            failures.append(f"cannot reach node {settings.node_id!r} at {target_url}: {exc}")
-            continue
-        try:
-            body = resp.json()
-        except ValueError:
-            body = {}
-        if resp.status_code != 200:
-            message = body.get("message") if isinstance(body, dict) else None
-            raise click.ClickException(message or f"HTTP {resp.status_code} from {target_url}")
-        return str(body.get("transferred_to")), body.get("term")
-    raise click.ClickException("; ".join(failures))
+    asked = _ask_node(state, "POST", "/transfer", url, token, json={"to": to})
+    if asked is None:
+        raise click.ClickException(
+            f"cannot reach node {settings.node_id!r} on this host at"
+            f" {', '.join(_addresses(state, url))}"
+        )
+    resp, target_url = asked
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    if resp.status_code != 200:
+        message = body.get("message") if isinstance(body, dict) else None
+        raise click.ClickException(message or f"HTTP {resp.status_code} from {target_url}")
+    return str(body.get("transferred_to")), body.get("term")
 
 
 @goelect_cli.command(

@@ -3,19 +3,21 @@
 Two decorators, one rule:
 
 * :func:`leader_only` (``from flask_goelect import leader_only``) for **views**.
-  On a node that is not the leader it answers ``503`` with a JSON body naming
-  the leader and a ``Retry-After`` header, or, with
-  ``GOELECT_FOLLOWER_RESPONSE = "redirect"``, a ``307`` redirect to the same
-  path on the leader (``503`` when no leader is known).
+  On a node that is not the leader it answers ``503`` with a JSON body and a
+  ``Retry-After`` header, or, with ``GOELECT_FOLLOWER_RESPONSE = "redirect"``,
+  a ``307`` redirect to the same path on the leader (``503`` when no leader is
+  known). What the answer tells about the leader (nothing, its id, its
+  address) is ``GOELECT_FOLLOWER_REVEALS``; ``GOELECT_PUBLIC_URLS`` gives the
+  URLs clients reach the nodes at.
 * ``elect.leader_only`` (a method of :class:`~flask_goelect.LeaderElect`) for
   **jobs** called outside requests (schedulers, threads, commands). On a node
   that is not the leader the call is skipped and returns None, or raises
   :exc:`NotLeader` with ``@elect.leader_only(raise_on_follower=True)``.
 
-The check is the leader's **lease** on the monotonic clock, read at the moment
-of the call: a leader paused (GC, SIGSTOP, an overloaded host) past its lease
-does not run the function when it wakes, even before it has heard of the new
-leader.
+The check is the leader's **lease** on the elector's clock
+(:mod:`flask_goelect.clock`), read at the moment of the call: a leader paused
+(GC, SIGSTOP, an overloaded host) past its lease does not run the function when
+it wakes, even before it has heard of the new leader.
 
 **The fencing token.** Inside a decorated function (view or job, sync or async)
 :func:`current_term` returns the term the check passed in. Pass it to whatever
@@ -103,47 +105,54 @@ def _state_of_current_app() -> ExtensionState:
 
 def _follower_response(state: ExtensionState, snap: Snapshot) -> Any:
     settings = state.settings
+    reveals = settings.follower_reveals
     leader = snap.leader
     # Elsewhere than the leader we cannot tell its lease apart from a dead
     # leader's: a leader known but not this node is worth trying.
-    elsewhere = leader is not None and leader.id != settings.node_id and leader.address
-    if settings.follower_response == "redirect" and elsewhere:
-        assert leader is not None
-        location = leader.address.rstrip("/") + request.path
+    elsewhere = leader is not None and leader.id != settings.node_id
+    public = settings.public_urls.get(leader.id, "") if leader is not None and elsewhere else ""
+    internal = leader.address if leader is not None and reveals == "address" else ""
+    target = public or internal
+    if settings.follower_response == "redirect" and elsewhere and target:
+        location = target.rstrip("/") + request.path
         if request.query_string:
             location += "?" + request.query_string.decode("latin-1")
         return as_response(
             error_answer(
                 307,
                 "not_leader",
-                f"this node is not the leader; ask {leader.id!r} at {location}",
+                f"this node is not the leader; send this request to {location}",
                 {"Location": location},
             )
         )
     # An election takes one to two election timeouts; a known leader is
     # reachable now.
     retry_after = 1 if elsewhere else max(1, math.ceil(2 * settings.elect_timeout))
-    if elsewhere:
+    named = reveals != "nothing"
+    this = f"node {settings.node_id!r}" if named else "this node"
+    if elsewhere and target:
         assert leader is not None
-        message = (
-            f"node {settings.node_id!r} is not the leader; send this request to the leader"
-            f" {leader.id!r} at {leader.address}"
-        )
+        who = f" {leader.id!r}" if named else ""
+        message = f"{this} is not the leader; send this request to the leader{who} at {target}"
+    elif elsewhere:
+        assert leader is not None
+        who = f" is {leader.id!r}" if named else " is known"
+        message = f"{this} is not the leader; the leader{who}: retry in {retry_after}s"
     else:
         message = (
-            f"node {settings.node_id!r} is not the leader and no leader is known (an election"
-            f" may be in progress); retry in {retry_after}s"
+            f"{this} is not the leader and no leader is known (an election may be in"
+            f" progress); retry in {retry_after}s"
         )
-    body = {
-        "error": "not_leader",
-        "message": message,
-        "node_id": settings.node_id,
-        "state": snap.state,
-        "term": snap.term,
-        "leader": (
-            {"id": leader.id, "address": leader.address or None} if leader is not None else None
-        ),
-    }
+    body: dict[str, Any] = {"error": "not_leader", "message": message}
+    if named:
+        body.update(node_id=settings.node_id, state=snap.state, term=snap.term)
+        body["leader"] = None
+        if leader is not None:
+            body["leader"] = {"id": leader.id}
+            if reveals == "address":
+                body["leader"]["address"] = leader.address or None
+    if public:
+        body["leader_url"] = public
     return as_response(json_answer(body, 503, {"Retry-After": str(retry_after)}))
 
 

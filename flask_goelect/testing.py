@@ -12,7 +12,7 @@ Force what the extension answers, for the length of a ``with`` block::
         with make_follower(app, leader_id="n2", leader_address="http://n2:5000"):
             response = client.post("/reports/rebuild")
             assert response.status_code == 503
-            assert response.json["leader"]["id"] == "n2"
+            assert response.json["error"] == "not_leader"
 
 Inside the block ``elect.is_leader``, ``elect.state``, ``elect.term``,
 ``elect.leader``, ``elect.status()``, both ``@leader_only`` decorators and the

@@ -130,12 +130,17 @@ def _status_answer(state: ExtensionState, path: str, *, full: bool) -> Answer:
     """The status (``full``), or whether this request may read it; or the refusal.
 
     A request signed by a peer (or this node) for ``path`` may read it from
-    anywhere; an unsigned one if the status is public or the request comes
-    from this host, not through a proxy.
+    anywhere; an unsigned one if the status is public, the request comes
+    from this host's loopback, not through a proxy, or it carries the node's
+    local token (:func:`_shows_token`).
     """
-    may_read_unsigned = state.settings.status_public or is_local_request(
-        request.remote_addr,
-        request.headers,  # type: ignore[arg-type]
+    may_read_unsigned = (
+        state.settings.status_public
+        or is_local_request(
+            request.remote_addr,
+            request.headers,  # type: ignore[arg-type]
+        )
+        or _shows_token(state)
     )
     read = StatusRead(
         request.method,
@@ -146,6 +151,17 @@ def _status_answer(state: ExtensionState, path: str, *, full: bool) -> Answer:
         may_read_unsigned,
     )
     return state.status_answer(read, full=full)
+
+
+def _shows_token(state: ExtensionState) -> bool:
+    """Whether the request carries the node's local token: it comes from a process
+    that can read the files of the node's running elector, on the node's host
+    (the ``flask goelect`` commands), whatever address it reached the node at."""
+    given = request.headers.get(TOKEN_HEADER, "")
+    if not given:
+        return False
+    token = state.admin_token
+    return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
 
 def _sees_details(state: ExtensionState, route: str) -> bool:
@@ -216,9 +232,7 @@ def health() -> Response:
 def transfer() -> Response:
     """Hand leadership over; used by ``flask goelect transfer`` on the node's host."""
     state = _state()
-    token = state.admin_token
-    given = request.headers.get(TOKEN_HEADER, "")
-    if not token or not hmac.compare_digest(given.encode(), token.encode()):
+    if not _shows_token(state):
         return _error(
             403,
             "forbidden",

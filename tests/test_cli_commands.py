@@ -115,3 +115,35 @@ def test_simulate_exit_codes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert invoke(app, "simulate").exit_code == cli.EXIT_UNSAFE
     monkeypatch.undo()
     assert invoke(app, "simulate", "--no-such-option").exit_code == 2
+
+
+def test_status_on_the_nodes_host_needs_no_secret_where_the_node_is_not_on_loopback(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that listens on its host's network address only sees the command's
+    request come from that address, not from loopback: the local token the
+    running elector keeps next to its state file proves the command runs on
+    the node's host."""
+    import requests
+
+    from flask_goelect import views
+
+    monkeypatch.setattr(views, "is_local_request", lambda *args: False)
+    leader = cluster.wait_for_one_leader()
+    url = f"{cluster.servers[leader].url}/_goelect/status"
+    refused = requests.get(url, timeout=5)
+    assert refused.status_code == 401 and refused.json()["error"] == "status_not_public"
+    forged = requests.get(url, headers={views.TOKEN_HEADER: "0" * 32}, timeout=5)
+    assert forged.status_code == 401
+    result = invoke(cli_app(cluster, leader, tmp_path), "status", "--json")
+    assert result.exit_code == cli.EXIT_OK, result.output
+    assert json.loads(result.output)["node_id"] == leader
+    # /leader and /health show their details to the token too.
+    token = cli._local_token(cli_app(cluster, leader, tmp_path).extensions["goelect"])
+    assert token
+    details = requests.get(
+        f"{cluster.servers[leader].url}/_goelect/leader",
+        headers={views.TOKEN_HEADER: token},
+        timeout=5,
+    )
+    assert details.json()["node_id"] == leader

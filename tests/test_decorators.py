@@ -59,23 +59,25 @@ class LeaderOnlyViewTest(TestCase):
         self.assertEqual(response.json, {"name": "daily", "term": 7})
         self.assertEqual(self.calls, ["daily"])
 
-    def test_follower_answers_503_naming_the_leader(self) -> None:
+    def test_follower_answers_503_and_tells_anonymous_clients_nothing(self) -> None:
         with make_follower(self.app, leader_id="n2", term=3):
             response = self.client.post("/reports/daily?x=1")
         self.assertStatus(response, 503)
         self.assertEqual(response.headers["Retry-After"], "1")
         body = response.json
         self.assertEqual(body["error"], "not_leader")
-        self.assertEqual(body["leader"], {"id": "n2", "address": "http://127.0.0.2:1"})
-        self.assertEqual((body["node_id"], body["term"], body["state"]), ("n1", 3, "follower"))
-        self.assertIn("n2", body["message"])
+        # No ids, terms or addresses: the topology is hidden by default.
+        self.assertEqual(set(body), {"error", "message"})
+        for secret in ("n1", "n2", "127.0.0.2", "3"):
+            self.assertNotIn(secret, body["message"])
+        self.assertIn("leader is known", body["message"])
         self.assertEqual(self.calls, [])
 
     def test_no_leader_known_asks_to_retry_after_an_election(self) -> None:
         with make_follower(self.app, leader_id=None):
             response = self.client.post("/reports/daily")
         self.assertStatus(response, 503)
-        self.assertIsNone(response.json["leader"])
+        self.assertIn("no leader is known", response.json["message"])
         self.assertEqual(response.headers["Retry-After"], "4")  # 2 x the 2 s election timeout
         with force_state(self.app, "candidate", term=2):
             self.assertStatus(self.client.post("/reports/daily"), 503)
@@ -100,10 +102,86 @@ class LeaderOnlyViewTest(TestCase):
         self.assertEqual(self.calls, ["async"])
 
 
+class RevealsTest(TestCase):
+    """What ``GOELECT_FOLLOWER_REVEALS`` and ``GOELECT_PUBLIC_URLS`` let a follower say."""
+
+    def create_app(self) -> Flask:
+        app, self.elect, self.calls = build_app()
+        return app
+
+    def answer(self, **config: Any) -> Any:
+        app, _, calls = build_app(**config)
+        with make_follower(app, leader_id="n2", term=3):
+            response = app.test_client().post("/reports/daily")
+        assert response.status_code == 503 and calls == []
+        return response.get_json()
+
+    def test_id_names_the_leader_and_the_term_but_no_address(self) -> None:
+        body = self.answer(GOELECT_FOLLOWER_REVEALS="id")
+        self.assertEqual(body["leader"], {"id": "n2"})
+        self.assertEqual((body["node_id"], body["term"], body["state"]), ("n1", 3, "follower"))
+        self.assertIn("'n2'", body["message"])
+        self.assertNotIn("127.0.0.2", str(body))
+
+    def test_address_also_gives_the_leaders_peer_address(self) -> None:
+        body = self.answer(GOELECT_FOLLOWER_REVEALS="address")
+        self.assertEqual(body["leader"], {"id": "n2", "address": "http://127.0.0.2:1"})
+        self.assertIn("http://127.0.0.2:1", body["message"])
+
+    def test_a_public_url_is_given_whatever_else_is_hidden(self) -> None:
+        body = self.answer(GOELECT_PUBLIC_URLS="n2=https://b.example.com, n1=https://a.example.com")
+        self.assertEqual(set(body), {"error", "message", "leader_url"})
+        self.assertEqual(body["leader_url"], "https://b.example.com")
+        self.assertIn("https://b.example.com", body["message"])
+        self.assertNotIn("n2", body["message"])
+
+    def test_no_leader_known_reveals_nothing_either_way(self) -> None:
+        app, _, _ = build_app(GOELECT_FOLLOWER_REVEALS="id")
+        with make_follower(app, leader_id=None):
+            body = app.test_client().post("/reports/daily").get_json()
+        self.assertIsNone(body["leader"])
+        self.assertNotIn("leader_url", body)
+
+    def test_bad_settings_fail_at_init_app_naming_the_key(self) -> None:
+        cases = [
+            ({"GOELECT_FOLLOWER_REVEALS": "all"}, "GOELECT_FOLLOWER_REVEALS"),
+            ({"GOELECT_PUBLIC_URLS": {"n9": "https://x.example.com"}}, "'n9'"),
+            ({"GOELECT_PUBLIC_URLS": {"n2": "ftp://x"}}, "GOELECT_PUBLIC_URLS['n2']"),
+            ({"GOELECT_PUBLIC_URLS": "n2"}, "'id=url'"),
+            ({"GOELECT_PUBLIC_URLS": ["n2"]}, "dict of node id"),
+            # A redirect needs somewhere clients can go.
+            ({"GOELECT_FOLLOWER_RESPONSE": "redirect"}, "GOELECT_PUBLIC_URLS has no URL"),
+            (
+                {
+                    "GOELECT_FOLLOWER_RESPONSE": "redirect",
+                    "GOELECT_PUBLIC_URLS": {"n1": "https://a.example.com"},
+                },
+                "'n2', 'n3'",
+            ),
+        ]
+        for config, needle in cases:
+            with self.subTest(config=config), pytest.raises(Exception) as info:
+                build_app(**config)
+            self.assertIn(needle, str(info.value))
+
+
 class RedirectTest(TestCase):
     def create_app(self) -> Flask:
-        app, self.elect, self.calls = build_app(GOELECT_FOLLOWER_RESPONSE="redirect")
+        app, self.elect, self.calls = build_app(
+            GOELECT_FOLLOWER_RESPONSE="redirect", GOELECT_FOLLOWER_REVEALS="address"
+        )
         return app
+
+    def test_public_urls_are_where_a_follower_redirects(self) -> None:
+        urls = {f"n{i}": f"https://n{i}.example.com/app" for i in (1, 2, 3)}
+        app, _, calls = build_app(GOELECT_FOLLOWER_RESPONSE="redirect", GOELECT_PUBLIC_URLS=urls)
+        with make_follower(app, leader_id="n3", leader_address="http://10.0.0.3:5000"):
+            response = app.test_client().post("/reports/daily?full=1")
+        assert response.status_code == 307 and calls == []
+        self.assertEqual(
+            response.headers["Location"], "https://n3.example.com/app/reports/daily?full=1"
+        )
+        self.assertNotIn("10.0.0.3", response.get_data(as_text=True))
 
     def test_follower_redirects_to_the_same_path_on_the_leader(self) -> None:
         with make_follower(self.app, leader_id="n3", leader_address="http://10.0.0.3:5000"):

@@ -253,8 +253,7 @@ def test_leader_only_view_answers_503_on_a_follower(app: Flask) -> None:
     assert response.status_code == 503
     body = response.get_json()
     assert body["error"] == "not_leader"
-    assert body["leader"]["id"] == "n2"
-    assert body["leader"]["address"] == app.config["GOELECT_PEERS"][1].partition("=")[2]
+    assert "leader is known" in body["message"] and "n2" not in str(body)
     assert "Retry-After" in response.headers
     assert not ledger_path(app).exists()
 
@@ -262,7 +261,7 @@ def test_leader_only_view_answers_503_on_a_follower(app: Flask) -> None:
 def test_leader_only_view_answers_503_with_no_elector_running(app: Flask) -> None:
     response = app.test_client().post("/jobs/run-now")
     assert response.status_code == 503
-    assert response.get_json()["leader"] is None
+    assert "no leader is known" in response.get_json()["message"]
 
 
 def test_the_job_is_skipped_on_a_follower(app: Flask) -> None:
