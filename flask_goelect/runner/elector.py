@@ -738,12 +738,14 @@ class Elector:
                     record=self._record,
                 )
             deadline = run.loop_deadline
+            now = self._clock()
             if self._tasks.running:
-                # Leader tasks end when the lease does, not at the next heartbeat.
+                # Leader tasks end when the lease does, not at the next heartbeat
+                # (a lease already over is not a deadline: the loop must not spin).
                 lease = self._pub.current.lease_until
-                if 0 < lease < deadline:
+                if now < lease < deadline:
                     deadline = lease
-            delay = deadline - self._clock()
+            delay = deadline - now
             if delay > 0:
                 event.wait(None if math.isinf(delay) else delay)
 
