@@ -120,7 +120,8 @@ def test_rpc_calls_and_signal_counters_of_a_running_node(tmp_path: Path) -> None
         node = (("node", "n1"),)
         for _ in range(200):  # the receivers run off the election loop
             got = samples(scrape(app)[1])
-            if got[("goelect_elections_won_total", node)] == 1:
+            counted = ("goelect_elections_won_total", "goelect_leader_changes_total")
+            if all(got[(name, node)] == 1 for name in counted):
                 break
 
             time.sleep(0.02)

@@ -766,7 +766,17 @@ def test_leadership_is_published_only_once_its_term_is_on_disk(cluster):
     # (is_leader, the fencing token ctx.term) must not see that leadership until
     # the term is saved, or a crash meanwhile hands the same token out twice.
     storage = HeldStorage()
-    elector = Elector(config("solo", (core.Peer("solo"),), t=0.2), storage, cluster.net)
+    told: list[tuple[str, int, int, bool]] = []
+
+    def on_transition(t: core.Transition, snap: Snapshot) -> None:
+        told.append((t.role.value, t.term, storage.state.term, elector.is_leader()))
+
+    elector = Elector(
+        config("solo", (core.Peer("solo"),), t=0.2),
+        storage,
+        cluster.net,
+        on_transition=on_transition,
+    )
     cluster.electors["solo"] = elector
     seen: list[tuple[str, int, int]] = []
     with started_long_ago():
@@ -779,9 +789,15 @@ def test_leadership_is_published_only_once_its_term_is_on_disk(cluster):
         assert not elector.is_leader(), seen[-1]
         time.sleep(0.005)
     assert all(state != "leader" for state, _, _ in seen)
+    assert told == []  # receivers hear of no term that a crash could undo
     storage.release.set()
     assert wait_until(elector.is_leader, 5)
     assert elector.snapshot.term == storage.state.term == 1
+    # Told in order, once the term is on disk; a receiver told of the leadership sees it.
+    assert wait_until(lambda: any(role == "leader" for role, *_ in told), 5), told
+    assert [role for role, *_ in told] == ["pre-candidate", "candidate", "leader"], told
+    assert all(saved >= term for _, term, saved, _ in told), told
+    assert told[-1] == ("leader", 1, 1, True), told
 
 
 def test_leader_tasks_end_when_the_lease_lapses_not_at_the_step_down(cluster):

@@ -11,7 +11,7 @@ stalls its state machine).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import core
@@ -53,7 +53,7 @@ class CallbackDispatcher:
     def start(self) -> None:
         self._worker = self._rt.spawn(f"goelect-{self.node_id}-callbacks", self._run)
 
-    def enqueue(self, transitions: list[core.Transition], snap: Snapshot) -> None:
+    def enqueue(self, transitions: Sequence[core.Transition], snap: Snapshot) -> None:
         for t in transitions:
             if self._queue.qsize() >= MAX_PENDING_CALLBACKS:
                 self._record("callback-dropped", f"on_transition({t!r}) dropped: queue full")

@@ -98,6 +98,12 @@ class _Run:
         self.failed: BaseException | None = None
         #: A leader snapshot waits for its state to reach the disk (see _after_step).
         self.publish_pending = False
+        #: Transitions held until the state of their step is on disk (version, transitions,
+        #: snapshot), in order: receivers never hear of a term or a vote that a crash
+        #: could still undo, and find ``is_leader`` true when told of a leadership.
+        self.held_callbacks: collections.deque[
+            tuple[int, tuple[core.Transition, ...], Snapshot]
+        ] = collections.deque()
         self.loop_deadline = math.inf
         self.waker = LoopWaker()
         self.loop_worker: Any = None
@@ -645,7 +651,10 @@ class Elector:
         has_tasks = bool(self._tasks.funcs)
         if out.transitions:
             if run.callbacks is not None:
-                run.callbacks.enqueue(out.transitions, snap)
+                if run.saved_version < run.state_version or run.held_callbacks:
+                    run.held_callbacks.append((run.state_version, tuple(out.transitions), snap))
+                else:
+                    run.callbacks.enqueue(out.transitions, snap)
             if has_tasks:
                 wake = wake or any(
                     core.Role.LEADER in (t.role, t.previous_role) for t in out.transitions
@@ -699,13 +708,23 @@ class Elector:
                 self._fail("storage", exc)
                 raise
             run.saved_version = latest
-            if run.publish_pending:
+            if run.publish_pending or run.held_callbacks:
                 with run.lock:
-                    if run.publish_pending and self._running and run is self._run:
-                        snap = self._pub.of(run.node)
-                        if snap.state is not State.LEADER or run.saved_version >= run.state_version:
-                            run.publish_pending = False
-                            self._pub.publish(snap)
+                    self._after_save(run)
+
+    def _after_save(self, run: _Run) -> None:
+        """Publish and tell receivers what waited for the save (run's lock held)."""
+        if not self._running or run is not self._run:
+            return
+        if run.publish_pending:
+            snap = self._pub.of(run.node)
+            if snap.state is not State.LEADER or run.saved_version >= run.state_version:
+                run.publish_pending = False
+                self._pub.publish(snap)
+        held = run.held_callbacks
+        while held and held[0][0] <= run.saved_version and run.callbacks is not None:
+            _, transitions, snap = held.popleft()
+            run.callbacks.enqueue(transitions, snap)
 
     # -- the loop --------------------------------------------------------------------------
 
