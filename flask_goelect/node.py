@@ -112,9 +112,16 @@ def _replacement_booting() -> bool:
     """Whether this process is a worker of a preforking server (gunicorn, uWSGI) and
     the server has forked a worker after this one that is still alive: a
     replacement, loading the app (Linux only: it reads ``/proc``)."""
+    return _newest_generation() is not None
+
+
+def _newest_generation() -> int | None:
+    """The start time of the newest live worker of this process's server, if it was
+    forked a generation after this one (see :data:`_GENERATION_TICKS`), else None."""
     if "gunicorn.workers.base" not in sys.modules and server_worker_id() is None:
-        return False
+        return None
     master, me = os.getppid(), os.getpid()
+    newest: int | None = None
     try:
         mine = _start_time(me)
         for entry in os.listdir("/proc"):
@@ -127,21 +134,25 @@ def _replacement_booting() -> bool:
                 continue
             # fields[0] is the state (field 3), fields[1] the parent (field 4),
             # fields[19] the start time (field 22), in clock ticks since boot.
+            started = int(fields[19])
             if (
                 int(fields[1]) == master
                 and fields[0] != "Z"
-                and int(fields[19]) > mine + _GENERATION_TICKS
+                and started > mine + _GENERATION_TICKS
+                and (newest is None or started > newest)
             ):
-                return True
+                newest = started
     except (OSError, ValueError, IndexError):
-        return False
-    return False
+        return None
+    return newest
 
 
 #: Workers a server forks together start within this many clock ticks of each other
-#: (``os.sysconf("SC_CLK_TCK")``, 100 a second): a worker forked by a later reload
-#: starts after the others had time to load the app and join.
-_GENERATION_TICKS = 10
+#: (``os.sysconf("SC_CLK_TCK")``, 100 a second), on a loaded machine too (gunicorn
+#: waits up to 0.1 s at random between two forks): a worker forked by a later
+#: reload starts after the others had time to load the app and join. A reload
+#: sooner than this after the start is taken for the start itself.
+_GENERATION_TICKS = 100
 
 
 def _start_time(pid: int) -> int:
@@ -890,17 +901,23 @@ class NodeRunner:
         return bool(locks.other_members())
 
     def _younger_member(self) -> bool:
-        """Whether a member of the node is a replacement: a worker its server forked
-        well after this process (the workers forked with this one, at the same
-        start or reload, are stopping with it)."""
+        """Whether a member of the node is a replacement: a worker of the newest
+        generation its server forked, well after this process (the workers of
+        older generations, forked with this one or recycled since, are stopping
+        with it)."""
         record, locks = self._record, self._locks
         if record is None or locks is None:
             return False
+        newest = _newest_generation()
+        if newest is None:
+            return False
         try:
-            later = _start_time(os.getpid()) + _GENERATION_TICKS
+            first = max(
+                _start_time(os.getpid()) + _GENERATION_TICKS + 1, newest - _GENERATION_TICKS
+            )
             for byte in locks.other_members():
                 pid = record.member_pid(byte)
-                if pid and _alive(pid) and _start_time(pid) > later:
+                if pid and _alive(pid) and _start_time(pid) >= first:
                     return True
         except (OSError, ValueError, IndexError):
             return False
