@@ -317,7 +317,9 @@ class MemberView:
     @property
     def running(self) -> bool:
         record = self._live_record()
-        return record is not None and record.running and _alive(record.pid)
+        # A stopped elector process (SIGSTOP, a debugger) holds the node's lock and
+        # runs nothing: the node is out of the election, whatever the record says.
+        return record is not None and record.running and _serving(record.pid)
 
     def is_leader(self) -> bool:
         now = clock.now()
@@ -456,6 +458,19 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # pragma: no cover - another user's process: alive
         return True
     return True
+
+
+def _serving(pid: int) -> bool:
+    """Whether ``pid`` is alive and not stopped (``SIGSTOP``, a tracer) nor a zombie
+    (Linux: its state in ``/proc``; elsewhere, alive is enough)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            status = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return _alive(pid) if not os.path.isdir("/proc/self") else False
+    except (OSError, IndexError):
+        return _alive(pid)
+    return status not in ("T", "t", "Z", "X")
 
 
 class NodeRunner:

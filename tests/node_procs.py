@@ -246,6 +246,9 @@ def _main() -> None:  # pragma: no cover - runs in the child processes
             answer(reopened=True)
         elif command == "runs":
             answer(runs=runs)
+        elif command == "health":
+            reply = app.test_client().get("/_goelect/health")
+            answer(status=reply.status_code, running=elect.running)
         elif command == "token":
             answer(token=state.admin_token)
         elif command == "transfer_route":

@@ -8,6 +8,8 @@ the local socket only.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from typing import Any
 
 import pytest
 from node_procs import NodeProc, lock_is_free, read_record, wait_record
+from test_local import stop
 
 from flask_goelect.node import prefork_worker
 from flask_goelect.shared import NodeRecord
@@ -323,3 +326,21 @@ def test_a_drain_is_bounded_by_its_timeout(procs: list[NodeProc], state_file: Pa
     drained = a.ask("drain_node 0.3")
     assert drained["drained"] is False and 0.25 <= drained["seconds"] < 2, drained
     a.ask("reopen_node")
+
+
+def test_a_member_s_health_fails_while_the_elector_process_is_stopped(
+    procs: list[NodeProc], state_file: Path
+) -> None:
+    # SIGSTOP (a debugger, a frozen container): the elector process is alive but
+    # runs nothing; its lock stays held, so no member takes over. The node is out
+    # of the election: every process of it says so, not only the frozen one.
+    a, b = elector_and_member(procs, state_file)
+    assert b.ask("health") == {"status": 200, "running": True}
+    stop(a.pid)
+    try:
+        assert b.ask("health") == {"status": 503, "running": False}
+        time.sleep(0.3)  # the election timeout is 100 ms: the lease has lapsed
+        assert b.ask("job")["result"] is None
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    assert b.ask("health") == {"status": 200, "running": True}
