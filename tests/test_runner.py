@@ -746,6 +746,86 @@ def test_patched_process_runs_the_election_in_the_servers_hub():
     assert result["errors"] == []
 
 
+FORK_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey
+
+    monkey.patch_all()
+    import json, os, sys, time, warnings
+
+    import gevent
+
+    from flask_goelect import core
+    from flask_goelect.runner import Elector
+    from flask_goelect.storage import MemoryStorage
+    from flask_goelect.transport import HttpTransport
+
+    out = sys.argv[1]
+    cfg = core.Config(
+        "n1", (core.Peer("n1", "http://127.0.0.1:9"),), elect_timeout=0.2,
+        heartbeat_interval=0.05,
+    )
+    elector = Elector(cfg, MemoryStorage(), HttpTransport())
+
+    def job(ctx):
+        # The documented periodic job: its wait returns in the child first.
+        while not ctx.wait(0.02):
+            with open(out, "a") as f:
+                f.write("job %d\\n" % os.getpid())
+
+    def loop(ctx):
+        # A task that never looks at its ctx: killed in the child, at the end
+        # of the child's first pass of its event loop at the latest.
+        while True:
+            with open(out, "a") as f:
+                f.write("loop %d\\n" % os.getpid())
+            gevent.sleep(0.02)
+
+    elector.leader_task(job)
+    elector.leader_task(loop)
+    elector.start()
+    assert elector.wait_for_leader(5) is not None
+    gevent.sleep(0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        try:
+            gevent.sleep(0.5)  # the child's hub runs whatever it inherited
+        finally:
+            os._exit(0)
+    gevent.sleep(0.6)
+    os.waitpid(pid, 0)
+    elector.stop(transfer=False)
+    runs = [line.split() for line in open(out).read().splitlines()]
+    print(json.dumps({
+        "parent": os.getpid(), "child": pid,
+        "job_ran_in": sorted({int(p) for kind, p in runs if kind == "job"}),
+        "loop_runs_in_child": sum(1 for kind, p in runs if int(p) == pid),
+    }))
+    """
+)
+
+
+def test_a_leader_task_greenlet_does_not_run_on_in_a_forked_child(tmp_path: Path) -> None:
+    # A patched process forks its hub with every greenlet in it: the leader
+    # task's greenlet would go on in the child, a second process running it.
+    tests_dir = Path(__file__).resolve().parent
+    proc = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(tests_dir.parent)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["job_ran_in"] == [result["parent"]], result
+    # The child's first pass may resume a task that looks at nothing (a timer due
+    # at the fork); the kill comes at the end of that pass: one run at most.
+    assert result["loop_runs_in_child"] <= 1, result
+
+
 class HeldStorage(MemoryStorage):
     """Holds every save of a term from 1 on until ``release`` is set."""
 

@@ -13,9 +13,12 @@ next leadership.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import gevent  # type: ignore[import-untyped]
 
 from ..state import Snapshot, State
 from .runtime import Event, Runtime
@@ -30,25 +33,31 @@ class LeaderContext:
     ``term`` is the fencing token of this leadership: pass it to downstream
     systems so that they can refuse the writes of a deposed leader.
     ``cancelled`` is set when leadership is lost or the elector stops.
+
+    In a process forked from the one the task started in (a patched process
+    forks its greenlets with it), the task is cancelled: :meth:`wait` returns
+    True and :meth:`is_leader` False there, whatever ran first in the child.
     """
 
     term: int
     cancelled: Event
     _snapshot: Callable[[], Snapshot] = field(repr=False)
     _clock: Callable[[], float] = field(repr=False)
+    _pid: int = field(default_factory=os.getpid, repr=False)
 
     def is_leader(self) -> bool:
         """True while this node still leads *in this term* and holds a valid lease."""
         now = self._clock()  # before the snapshot: a lease dropped meanwhile is seen
         snap = self._snapshot()
-        return snap.term == self.term and snap.is_leader(now)
+        return snap.term == self.term and snap.is_leader(now) and os.getpid() == self._pid
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds for cancellation; True if cancelled.
 
         ``while not ctx.wait(interval): do_work()`` is a periodic leader job.
         """
-        return self.cancelled.wait(timeout)
+        cancelled = self.cancelled.wait(timeout)
+        return bool(cancelled) or os.getpid() != self._pid
 
 
 TaskFunc = Callable[[LeaderContext], object]
@@ -143,10 +152,20 @@ class LeaderTasks:
         return not left
 
     def forget(self) -> None:
-        """In a forked child: drop the parent's workers without touching them."""
+        """In a forked child: drop the parent's workers. A native thread did not
+        survive the fork; a greenlet did (a patched process forks its hub with
+        it), and would run the parent's leader task in this process too: it is
+        killed here, without waiting (its ``ctx`` says cancelled)."""
+        workers, ending = list(self._workers.values()), self._ending
         self._term = None
         self._workers = {}
         self._ending = []
+        for ctx, worker in workers:
+            if isinstance(worker, gevent.Greenlet):
+                ctx.cancelled.set()
+        for worker in [w for _, w in workers] + ending:
+            if isinstance(worker, gevent.Greenlet) and not worker.dead:
+                worker.kill(block=False)
 
     def _run(
         self, func: TaskFunc, ctx: LeaderContext, record: Callable[[str, BaseException | str], None]
