@@ -118,6 +118,19 @@ class RpcClient:
         for conn in idle:
             conn.close()
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: close this process's copies of the idle connections.
+
+        Takes no lock: a thread of the parent (the election loop's, say) may have
+        held it at the fork, and that thread does not exist here.
+        """
+        self._lock = threading.Lock()
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
     def connect(self, timeout: float) -> None:
         """Open a connection now and keep it (so that the first call does not pay for it)."""
         conn = self._connect(time.monotonic() + timeout)

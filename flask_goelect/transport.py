@@ -598,8 +598,7 @@ class HttpTransport:
         self._lock = threading.Lock()
         clients, self._clients = self._clients, {}
         for client in clients.values():
-            with contextlib.suppress(Exception):
-                client.close()  # this process's copies of the descriptors only
+            client.forget_after_fork()  # this process's copies of the descriptors only
         links, self._links = self._links, {}
         for link in links.values():
             # Closes this process's copies of the descriptors only; best effort.

@@ -670,3 +670,31 @@ def test_memory_shutdown_releases_waiting_calls(net):
     assert time.monotonic() - t0 < 1 and errors
     with pytest.raises(TransportError, match="shut down"):
         net.send(P2, HB, (1, 1))
+
+
+def test_a_forked_child_forgets_the_lean_client_s_connections_without_its_lock() -> None:
+    # The lock may have been held at the fork by a thread of the parent (the
+    # election loop's): the child's hook must not wait for it.
+    from flask_goelect._httpclient import RpcClient
+
+    client = RpcClient("http://127.0.0.1:9")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with client._lock:
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(5)
+    try:
+        done = threading.Event()
+        forgetter = threading.Thread(
+            target=lambda: (client.forget_after_fork(), done.set()), daemon=True
+        )
+        forgetter.start()
+        assert done.wait(2), "forget_after_fork waited for a lock"
+    finally:
+        release.set()
+        holder.join(5)
