@@ -387,7 +387,7 @@ def _product_encoder(transport: HttpTransport) -> Callable[[Any], bytes]:
     return lambda msg: json.dumps(messages.to_wire(msg), separators=(",", ":")).encode()
 
 
-def _app(node_id: str, addresses: dict[str, str]) -> Any:
+def _app(node_id: str, addresses: dict[str, str], state_dir: str) -> Any:
     from flask import Flask, Response
 
     from flask_goelect import LeaderElect
@@ -399,7 +399,7 @@ def _app(node_id: str, addresses: dict[str, str]) -> Any:
         GOELECT_SECRET=SECRET,
         GOELECT_CLUSTER=CLUSTER,
         GOELECT_AUTOSTART=False,
-        GOELECT_STATE_FILE=":memory:",
+        GOELECT_STATE_FILE=str(Path(state_dir) / f"goelect-{node_id}.json"),
         GOELECT_ELECT_TIMEOUT=60000,
         GOELECT_HEARTBEAT_INTERVAL=10000,
     )
@@ -472,7 +472,8 @@ def follower_parts(rounds: int, batches: int) -> dict[str, list[float]]:
     def signed(n: int) -> list[dict[str, str]]:
         return [signer.request_headers("POST", PATH, "n2", body)[0] for _ in range(n)]
 
-    app, elect = _app("n2", addresses)
+    state_dir = tempfile.TemporaryDirectory(prefix="goelect-bench-")
+    app, elect = _app("n2", addresses, state_dir.name)
     state = app.extensions["goelect"]
     elect.start()
     try:
@@ -526,6 +527,7 @@ def follower_parts(rounds: int, batches: int) -> dict[str, list[float]]:
         out["rpc_serve"] = _batches(serve, rounds, batches, signed)
     finally:
         elect.stop(transfer=False)
+        state_dir.cleanup()
     return out
 
 
@@ -794,7 +796,10 @@ def _run_elsewhere(ref: str, argv: list[str]) -> dict[str, Any]:
     with _checkout(ref) as path, tempfile.NamedTemporaryFile(suffix=".json") as out:
         env = dict(os.environ, PYTHONPATH=str(path))
         command = [sys.executable, str(Path(__file__).resolve()), *argv, "--json", out.name]
-        subprocess.run(command, cwd=path, env=env, check=True, timeout=3600)
+        # Its own table is not shown: the one printed here has both.
+        subprocess.run(
+            command, cwd=path, env=env, stdout=subprocess.DEVNULL, check=True, timeout=3600
+        )
         result: dict[str, Any] = json.loads(Path(out.name).read_text())
     result["commit"] = f"{ref} ({commit})"
     return result
