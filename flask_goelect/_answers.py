@@ -21,9 +21,13 @@ class Answer(NamedTuple):
     body: bytes
 
 
+#: Compact JSON, made once (``json.dumps`` with options builds an encoder per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def json_answer(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Answer:
     """``body`` as compact JSON (independent of any app's JSON settings)."""
-    return Answer(status, headers or {}, json.dumps(body, separators=(",", ":")).encode())
+    return Answer(status, headers or {}, _ENCODER.encode(body).encode())
 
 
 def error_answer(

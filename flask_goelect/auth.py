@@ -100,6 +100,8 @@ MAX_SECRETS = 8
 REPLAY_CACHE_SIZE = 65536
 
 _VERSION = "v1"
+#: SIGNATURE_HEADER in lower case, as clients that fold header names give it.
+_SIGNATURE_KEY = SIGNATURE_HEADER.lower()
 _HEX_SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
 # Cluster ("-" for none: a name cannot start with it), sender (both by the rule
 # of messages.NODE_ID_PATTERN, kept here so that this module stays standalone),
@@ -370,7 +372,7 @@ class RequestSigner(_Party):
         keyring = self.keyring
         if keyring is None:
             return
-        signature = headers.get(SIGNATURE_HEADER) or ""
+        signature = headers.get(SIGNATURE_HEADER) or headers.get(_SIGNATURE_KEY) or ""
         if not signature:
             raise AuthError(
                 401,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ __all__ = [
     "TimeoutNowReply",
     "VoteReply",
     "VoteRequest",
+    "encode",
     "from_wire",
     "to_wire",
     "validate_node_id",
@@ -227,11 +229,38 @@ M = TypeVar("M", VoteRequest, VoteReply, Heartbeat, HeartbeatReply, TimeoutNow, 
 
 def to_wire(msg: Message) -> dict[str, Any]:
     """Return ``msg`` as a JSON-ready ``dict`` (the inverse of :func:`from_wire`)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(msg):
-        value = getattr(msg, f.name)
-        out[f.name] = dict(value) if f.name == "tags" else value
+    out = {name: getattr(msg, name) for name in _layout(type(msg))[0]}
+    if "tags" in out:
+        out["tags"] = dict(out["tags"])
     return out
+
+
+#: Compact JSON, made once (``json.dumps`` with options builds an encoder per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def encode(msg: Message) -> bytes:
+    """``msg`` as the compact JSON body of an RPC or its reply."""
+    return _ENCODER.encode(to_wire(msg)).encode()
+
+
+#: Per message class: its field names in order, and those without a default.
+_LAYOUTS: dict[type, tuple[tuple[str, ...], frozenset[str]]] = {}
+
+
+def _layout(cls: type) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The field names of a message class, in order, and those without a default
+    (read once per class, not on every message)."""
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        fields = dataclasses.fields(cls)
+        required = frozenset(
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
+        layout = _LAYOUTS[cls] = (tuple(f.name for f in fields), required)
+    return layout
 
 
 def _check_int(name: str, value: object, maximum: int) -> int:
@@ -304,14 +333,14 @@ def from_wire(cls: type[M], data: object) -> M:
     """
     if not isinstance(data, Mapping):
         raise MessageError(f"{cls.__name__} must be a JSON object, not {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(repr(k)[:40] for k in data if k not in fields)
+    names, required = _layout(cls)
+    unknown = sorted(repr(k)[:40] for k in data if k not in names)
     if unknown:
         raise MessageError(f"{cls.__name__} has unknown field(s): {', '.join(unknown[:5])}")
     kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
+    for name in names:
         if name in data:
             kwargs[name] = _check_field(name, data[name])
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        elif name in required:
             raise MessageError(f"{cls.__name__} is missing required field {name!r}")
     return cls(**kwargs)

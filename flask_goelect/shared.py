@@ -60,6 +60,8 @@ _HEADER = struct.Struct("<8sQII")  # magic, sequence, payload length, CRC-32
 _SEQ = struct.Struct("<Q")
 _SEQ_OFFSET = 8
 _MAX_PAYLOAD = RECORD_SIZE - _HEADER.size
+#: Compact JSON, made once (``json.dumps`` with options builds an encoder per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 #: How long a reader retries a record being written before it falls back to
 #: the last complete one (a write takes microseconds).
 _RETRY_FOR = 0.01
@@ -212,7 +214,7 @@ class SharedRecord:
 
     def write(self, record: NodeRecord) -> None:
         """Publish ``record`` (only the holder of the node's elector lock calls this)."""
-        payload = json.dumps(record.to_json(), separators=(",", ":")).encode()
+        payload = _ENCODER.encode(record.to_json()).encode()
         if len(payload) > _MAX_PAYLOAD:
             raise ValueError(f"the node's record is {len(payload)} bytes; at most {_MAX_PAYLOAD}")
         with self._write_lock:

@@ -385,7 +385,7 @@ class HttpTransport:
         if encoded is not None and encoded[0] is msg:
             body = encoded[1]
         else:
-            body = json.dumps(messages.to_wire(msg), separators=(",", ":")).encode()
+            body = messages.encode(msg)
             self._encoded = (msg, body)
         if self.lean:
             data = self._rpc(peer, f"/rpc/{kind}", body, timeout)
@@ -463,38 +463,41 @@ class HttpTransport:
     # there, before the reply is parsed.
     def _rpc(self, peer: core.Peer, path: str, body: bytes, timeout: Timeout) -> object:
         client = self._client(peer)
-        what = f"peer {peer.id!r} at {peer.address.rstrip('/')}{self.url_prefix}{path}"
+        route = self.url_prefix + path
+
+        def what() -> str:  # for an error's text only: not built on every call
+            return f"peer {peer.id!r} at {peer.address.rstrip('/')}{route}"
+
         headers: dict[str, str] = {}
         signer = self._signer
         nonce = ""
         if signer is not None:
-            headers, nonce = signer.request_headers("POST", self.url_prefix + path, peer.id, body)
+            headers, nonce = signer.request_headers("POST", route, peer.id, body)
         try:
-            reply = client.call("POST", self.url_prefix + path, body, headers, timeout)
+            reply = client.call("POST", route, body, headers, timeout)
         except HttpError as exc:
             if exc.kind == "timeout":
-                raise TransportError(f"{what}: no reply within {timeout[1]:g}s") from None
+                raise TransportError(f"{what()}: no reply within {timeout[1]:g}s") from None
             if exc.kind == "connect" and "no connection within" in str(exc):
-                raise TransportError(f"{what}: no connection within {timeout[0]:g}s") from None
+                raise TransportError(f"{what()}: no connection within {timeout[0]:g}s") from None
             if exc.kind == "protocol" and "too large" in str(exc):
-                raise TransportError(f"{what} sent {exc}") from None
-            raise TransportError(f"{what} is unreachable: {exc}") from None
+                raise TransportError(f"{what()} sent {exc}") from None
+            raise TransportError(f"{what()} is unreachable: {exc}") from None
         if reply.status == 409:
-            raise TransportError(_conflict_text(what, reply.body[:4096]))
+            raise TransportError(_conflict_text(what(), reply.body[:4096]))
         if not 200 <= reply.status < 300:
             text = " ".join(reply.body[:200].decode("utf-8", "replace").split())
-            raise TransportError(f"{what} answered HTTP {reply.status}: {text or '(no body)'}")
+            raise TransportError(f"{what()} answered HTTP {reply.status}: {text or '(no body)'}")
         if signer is not None:
             try:
-                signer.verify_reply(
-                    peer.id, nonce, reply.status, CaseInsensitiveDict(reply.headers), reply.body
-                )
+                # The lean client's header names are in lower case.
+                signer.verify_reply(peer.id, nonce, reply.status, reply.headers, reply.body)
             except AuthError as exc:
-                raise TransportError(f"{what}: {exc.message}") from None
+                raise TransportError(f"{what()}: {exc.message}") from None
         try:
             return json.loads(reply.body)
         except ValueError:
-            raise TransportError(f"{what} sent a reply that is not JSON") from None
+            raise TransportError(f"{what()} sent a reply that is not JSON") from None
 
     def _exchange(
         self, peer: core.Peer, method: str, path: str, body: bytes | None, timeout: Timeout

@@ -1,5 +1,6 @@
 """Smoke tests of the benchmark code: statistics, tables, targets, the histogram, the
-pysyncobj adapter, observers in a local cluster, and a tiny scale run.
+pysyncobj adapter, observers in a local cluster, a tiny scale run, and the parts of the
+heartbeat bench.
 
 The benchmarks themselves (``python -m bench``) are not run here; these tests
 only check that every code path they use works, in a few seconds.
@@ -187,3 +188,22 @@ def test_tiny_scale_run() -> None:
     assert figures["CPU, observer"]["n"] == 1 and figures["CPU, voting follower"]["n"] == 1
     assert figures["memory per node (RSS)"]["median"] > 10
     assert time.monotonic() - t0 < 25
+
+
+def test_heartbeat_bench_has_every_part() -> None:
+    from bench.heartbeat import PARTS, format_table, run
+
+    t0 = time.monotonic()
+    result = run(rounds=20, batches=2, e2e_heartbeats=300, idle_seconds=0, verbose=False)
+    summaries = result["summaries"]
+    idle = {p.key for p in PARTS if p.key.startswith("idle_")}
+    for part in PARTS:
+        if part.key in idle:
+            assert part.key not in summaries
+            continue
+        assert summaries[part.key]["n"] == 2, part.key
+        if part.key != "e2e_gap":  # a difference: may be negative on a tiny run
+            assert summaries[part.key]["median"] > 0, (part.key, summaries[part.key])
+    table = format_table(result)
+    assert all(p.name in table for p in PARTS if p.key not in idle)
+    assert time.monotonic() - t0 < 10
