@@ -585,7 +585,8 @@ def e2e_parts(heartbeats: int, batches: int) -> dict[str, list[float]]:
         addresses = {i: cluster.nodes[i].address for i in ("n1", "n2")}
         command = [
             sys.executable,
-            str(Path(__file__).resolve()),
+            "-m",
+            "bench.heartbeat",
             "--e2e-client",
             "--patched",
             "--addresses",
@@ -597,8 +598,16 @@ def e2e_parts(heartbeats: int, batches: int) -> dict[str, list[float]]:
             "--batches",
             str(batches),
         ]
+        root = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=600, env=os.environ, check=False
+            command,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "PYTHONPATH": path},
+            cwd=root,
+            check=False,
         )
         if done.returncode != 0:
             raise RuntimeError(f"the end-to-end client failed: {done.stderr[-2000:]}")
