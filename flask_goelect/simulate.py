@@ -186,6 +186,26 @@ class ScheduleResult:
     handoffs: int = 0
     #: Requests refused because their sender counts another voter set.
     refused: int = 0
+    #: Pre-vote rounds started (a timer that fired and asked "would you vote for me?").
+    pre_votes: int = 0
+    #: For each term someone campaigned in, the candidates (each voted for itself).
+    candidates: dict[int, set[int]] = field(default_factory=dict)
+    #: Leaders that stepped down because they saw a later term (a campaign deposed them).
+    deposed: int = 0
+    #: The failover phase alone (clean network): pre-vote rounds and terms campaigned
+    #: in between the crash of the leader and the next lease.
+    failover_pre_votes: int = 0
+    failover_campaigns: int = 0
+
+    @property
+    def campaigns(self) -> int:
+        """Terms in which at least one node became a candidate."""
+        return len(self.candidates)
+
+    @property
+    def split_votes(self) -> int:
+        """Terms in which two or more nodes became candidates (each voted for itself)."""
+        return sum(1 for c in self.candidates.values() if len(c) > 1)
 
 
 class _Violation(Exception):
@@ -531,6 +551,9 @@ class Simulation:
                 self._leads(i, tr.term)
             elif tr.role is Role.CANDIDATE:
                 self._record_vote(i, tr.term, nid)
+                self._count_candidacy(i, tr.term)
+            elif tr.previous_role is Role.LEADER and tr.reason.startswith("saw term"):
+                self.result.deposed += 1
         reply = out.reply
         if isinstance(reply, VoteReply) and reply.granted:
             assert requester is not None and isinstance(request, VoteRequest)
@@ -550,8 +573,14 @@ class Simulation:
             self._handoff(i, armed[1])
             return
         messages = out.messages
-        if messages and isinstance(messages[0][1], Heartbeat):  # a round: one message
-            self._round_sent(i, messages[0][1])
+        if messages:
+            first = messages[0][1]  # a round: one message, to every peer
+            if first.__class__ is Heartbeat:
+                self._round_sent(i, first)
+            elif first.__class__ is VoteRequest and first.pre_vote:
+                self.result.pre_votes += 1
+                if self.failover_from is not None:
+                    self.result.failover_pre_votes += 1
         self._observe(i, node)
         if messages:
             index, me = self.index, self.incarnation[i]
@@ -671,6 +700,12 @@ class Simulation:
             f" {sorted(covered)} only, not a majority ({self.quorum_of[i]})"
             + (f"; {', '.join(sorted(short))} (in the leader's clock)" if short else ""),
         )
+
+    def _count_candidacy(self, i: int, term: int) -> None:
+        candidates = self.result.candidates.setdefault(term, set())
+        if not candidates and self.failover_from is not None:
+            self.result.failover_campaigns += 1
+        candidates.add(i)
 
     def _record_vote(self, i: int, term: int, candidate: str) -> None:
         other = self.votes.setdefault((i, term), candidate)
@@ -997,6 +1032,14 @@ class Summary:
     boundary: int = 0
     handoffs: int = 0
     refused: int = 0
+    pre_votes: int = 0
+    campaigns: int = 0
+    split_votes: int = 0
+    deposed: int = 0
+    #: Over the failover phases of the schedules counted in ``failovers``: pre-vote
+    #: rounds and terms campaigned in until the next lease (1 and 1 each at best).
+    failover_pre_votes: int = 0
+    failover_campaigns: int = 0
     violations: collections.Counter[str] = field(default_factory=collections.Counter)
     failed: list[ScheduleResult] = field(default_factory=list)
     seconds: float = 0.0
@@ -1009,8 +1052,14 @@ class Summary:
         self.boundary += r.boundary
         self.handoffs += r.handoffs
         self.refused += r.refused
+        self.pre_votes += r.pre_votes
+        self.campaigns += r.campaigns
+        self.split_votes += r.split_votes
+        self.deposed += r.deposed
         if r.failover is not None and not r.boundary:
             self.failovers.append(r.failover)
+            self.failover_pre_votes += r.failover_pre_votes
+            self.failover_campaigns += r.failover_campaigns
         for kind, _, _ in r.violations:
             self.violations[kind] += 1
         if r.violations:
@@ -1157,6 +1206,12 @@ def _print_summary(summary: Summary, cfg: SimConfig, args: argparse.Namespace) -
         "faults": sorted(cfg.faults),
         "virtual_seconds_per_schedule": cfg.duration,
         "elections": summary.elections,
+        "pre_vote_rounds": summary.pre_votes,
+        "campaigns": summary.campaigns,
+        "split_votes": summary.split_votes,
+        "leaders_deposed": summary.deposed,
+        "failover_pre_vote_rounds": summary.failover_pre_votes,
+        "failover_campaigns": summary.failover_campaigns,
         "events": summary.events,
         "boundary_schedules": summary.boundary,
         "handoffs": summary.handoffs,
@@ -1183,6 +1238,17 @@ def _print_summary(summary: Summary, cfg: SimConfig, args: argparse.Namespace) -
             f" {summary.handoffs}   at the boundary: {summary.boundary} schedules"
             + (f"   refused (voter set): {summary.refused}" if summary.refused else "")
         )
+        print(
+            f"campaigns: {summary.campaigns} terms (split votes: {summary.split_votes}),"
+            f" pre-vote rounds: {summary.pre_votes}, leaders deposed by a later term:"
+            f" {summary.deposed}"
+        )
+        if fo:
+            print(
+                f"failover phases: {len(fo)} crashes, {summary.failover_pre_votes} pre-vote"
+                f" rounds and {summary.failover_campaigns} terms campaigned in until the next"
+                " lease"
+            )
         print(
             f"throughput: {rate:.1f} schedules/s on {args.jobs} process(es)"
             f" ({summary.seconds:.1f} s wall)"

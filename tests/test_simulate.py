@@ -315,6 +315,26 @@ def test_clean_core_small_run_all_fault_kinds_one_at_a_time() -> None:
     assert handoffs.handoffs >= 10 and not handoffs.failed
 
 
+class FixedTimer(Node):
+    """Every election timer is exactly T: followers of one leader fire together."""
+
+    def _reset_election_timer(self, now: float) -> None:
+        self._election_deadline = now + self._T
+
+
+def test_campaigns_and_split_votes_are_counted() -> None:
+    """The figures that say how well the timers separate candidates can see a bad one:
+    with no spread at all, the followers of a crashed leader split the vote."""
+    sim = SimConfig(nodes=5, observers=0, faults=frozenset({"crash"}), boundary=0.0)
+    good = run_schedules(sim, 20, seed=1)
+    bad = run_schedules(sim, 20, seed=1, node_factory=FixedTimer)
+    assert not good.failed and not bad.failed
+    assert good.campaigns >= good.elections > 20 and good.pre_votes >= good.campaigns
+    assert bad.split_votes > 5 * max(good.split_votes, 1)
+    assert bad.failover_campaigns > good.failover_campaigns
+    assert good.failover_pre_votes >= good.failover_campaigns >= len(good.failovers)
+
+
 def test_failover_is_measured_and_bounded() -> None:
     summary = run_schedules(SimConfig(boundary=0.0), 30, seed=100)
     assert not summary.failed
