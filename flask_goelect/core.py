@@ -641,7 +641,12 @@ class Node:
 
     def _on_vote_reply(self, msg: VoteReply) -> None:
         if msg.pre_vote:
-            if self.role is not Role.PRE_CANDIDATE or msg.term != self.term + 1:
+            # A granted pre-vote carries the term we would campaign in; a refused
+            # one the voter's own term, ours (a later one made us follow it at
+            # the top of step(), an earlier one was dropped there as stale).
+            if self.role is not Role.PRE_CANDIDATE:
+                return
+            if msg.term != (self.term + 1 if msg.granted else self.term):
                 return
         elif self.role is not Role.CANDIDATE or msg.term != self.term:
             return
@@ -656,7 +661,8 @@ class Node:
             else:
                 self._become_leader()
         elif refused >= self._quorum:
-            self._become_follower(self.term, None, "lost the election")
+            lost = "lost the pre-vote" if self.role is Role.PRE_CANDIDATE else "lost the election"
+            self._become_follower(self.term, None, lost)
 
     def _on_heartbeat_reply(self, msg: HeartbeatReply) -> None:
         if self.role is not Role.LEADER or not msg.success:

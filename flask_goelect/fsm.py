@@ -9,12 +9,6 @@ fault schedules on ``tests/core_net.py``'s network, records every transition it
 reports, and checks that each one matches an edge here and that each edge here
 is seen: the drawing cannot drift from the code.
 
-Not an edge: a pre-candidate refused by a majority. The core's code has the
-branch, but a refused pre-vote carries the voter's own term, which the
-pre-candidate's count ignores (it counts replies for term + 1 only): it stays
-a pre-candidate until its timer fires again or it hears a leader or a later
-term.
-
 ::
 
     python -m flask_goelect.fsm > fsm.svg          # the drawing
@@ -64,6 +58,7 @@ _TRANSFER = r"leadership transfer: campaigning at once"
 _HIGHER = r"saw term \d+ from .+"
 _HEARD = r"heard from leader .+"
 _LOST = r"lost the election"
+_LOST_PRE_VOTE = r"lost the pre-vote"
 
 #: Every transition the core reports (see the module docs).
 EDGES: tuple[Edge, ...] = (
@@ -79,6 +74,7 @@ EDGES: tuple[Edge, ...] = (
     _edge(C, F, "heartbeat", _HEARD, "a leader of this term exists"),
     _edge(C, F, "lost the vote", _LOST, "refused by a majority"),
     _edge(C, F, "higher term", _HIGHER, "a message of a later term (§5.1)"),
+    _edge(P, F, "lost the pre-vote", _LOST_PRE_VOTE, "refused by a majority"),
     _edge(P, F, "heartbeat", _HEARD, "the leader is alive after all"),
     _edge(P, F, "higher term", _HIGHER, "a message of a later term (§5.1)"),
     _edge(F, F, "new leader", _HEARD, "a heartbeat from another leader"),

@@ -224,6 +224,40 @@ def test_pre_candidate_needs_a_majority_of_pre_votes() -> None:
     assert a.role is Role.CANDIDATE and a.term == 1
 
 
+def test_pre_candidate_refused_by_a_majority_is_a_follower_again() -> None:
+    """A refused pre-vote carries the voter's own term, the pre-candidate's: it is a no.
+    (It used to be ignored, as a reply for another term: the pre-candidate stayed one
+    until its timer fired again, and the branch for a lost pre-vote never ran.)"""
+    net = Net(ids="abcde")
+    net.elect("a")
+    e = net.nodes["e"]
+    net.isolate("e")
+    net.advance(e.next_deadline() - net.now + 0.005)  # its pre-votes are lost
+    assert e.role is Role.PRE_CANDIDATE
+    net.advance(e.next_deadline() - net.now - 0.005)  # b, c and d still hear a
+    net.heal()
+    net.now = e.next_deadline()
+    assert net.tick("e").persist is None
+    net.deliver()  # b, c and d refuse, each with its term (1)
+    assert e.role is Role.FOLLOWER and e.term == 1 and e.voted_for == "a"
+    lost = [t for i, t in net.transitions if i == "e"][-1]
+    assert lost.previous_role is Role.PRE_CANDIDATE and lost.reason == "lost the pre-vote"
+    assert net.leaders() == ["a"] and net.nodes["a"].term == 1
+
+
+def test_pre_vote_refusals_count_only_for_the_pre_candidates_term() -> None:
+    node = fresh("a", tuple("abcde"))
+    node.tick(node.next_deadline())
+    assert node.role is Role.PRE_CANDIDATE and node.term == 0
+    now = node.next_deadline() - 0.5
+    for voter in "bc":  # granted pre-votes of an earlier round carry term 0: not grants
+        node.step(VoteReply(voter, 0, True, pre_vote=True), now)
+    assert node.role is Role.PRE_CANDIDATE and node._votes == {"a": True}
+    for voter in "bcd":
+        node.step(VoteReply(voter, 0, False, pre_vote=True), now)
+    assert node.role is Role.FOLLOWER and node.term == 0
+
+
 # -- thesis §4.2.3 / §6.4 stickiness and the follower's promise ----------------------
 
 
