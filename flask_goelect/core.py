@@ -20,20 +20,23 @@ The rules, and where they come from (Raft paper §5, Ongaro's thesis §§3, 6, 9
 * The election timeout is drawn from ``[T, 2T)`` every time it is reset (§5.2).
 * Pre-vote (thesis §9.6): a node whose timer fires asks "would you vote for me
   in term+1?" without anyone changing term, and campaigns only with a majority.
-* Leader stickiness (thesis §4.2.3, §6.4): a node that heard from a live leader
-  less than ``T`` ago refuses votes and pre-votes and does not let them raise its
-  term. Every start keeps that promise, whatever the term on disk: a node grants
-  nothing at all, not even a transfer's vote, until ``T`` after it starts, since
-  it cannot tell a fresh disk from a lost one.
+* Leader stickiness (thesis §4.2.3, §6.4): a node that heard from a live leader,
+  or granted its vote, less than ``T`` ago refuses votes and pre-votes (but the
+  vote it gave, asked for again) and does not let them raise its term. Every
+  start keeps that promise, whatever the term on disk: a node grants nothing at
+  all, not even a transfer's vote, until ``T`` after it starts, since it cannot
+  tell a fresh disk from a lost one.
 * Check quorum (thesis §6.2): a leader steps down when no heartbeat round it
   sent within the last ``T × (1 − drift)`` has been acknowledged by a majority
   (itself included): the bound and the clock of the lease, so that a leader that
   can no longer hold a lease does not stay leader.
 * Leader lease (thesis §6.4.1): the leader holds a lease until the *send* time of
-  the newest heartbeat round acknowledged by a majority plus ``T × (1 − drift)``.
-  Each voter that acknowledged promised (by stickiness) not to vote for anyone
-  until ``T`` after it *received* that round, so no two nodes hold valid leases
-  at the same instant while clock rates differ by at most ``drift``.
+  the newest round acknowledged by a majority plus ``T × (1 − drift)``. A round
+  is a heartbeat round, or the vote round that elected it (round 0): each voter
+  that acknowledged a heartbeat, or granted its vote, promised (by stickiness)
+  not to vote for anyone else until ``T`` after it *received* that round, so no
+  two nodes hold valid leases at the same instant while clock rates differ by at
+  most ``drift``. A new leader thus holds a lease as soon as it has won.
 * Leadership transfer (thesis §3.10): the leader drops its lease, steps down and
   tells one voter ``TimeoutNow``; that voter campaigns at once, skipping the
   pre-vote, and voters grant it despite stickiness.
@@ -422,7 +425,8 @@ class Node:
         self._seq = 0
         self._round_sent: dict[int, float] = {}
         self._acked_seq: dict[str, int] = {}
-        self._lease_seq = 0  # the round the current lease counts from
+        self._lease_seq = -1  # the round the current lease counts from (0: the vote round)
+        self._campaign_sent = -math.inf  # when this term's vote requests were sent
         self._last_ack: dict[str, float] = {}
         self._heartbeat_due = math.inf
         self._leader_since = 0.0
@@ -448,13 +452,15 @@ class Node:
 
     @property
     def promise_until(self) -> float:
-        """Before this time this node grants no vote and no pre-vote to anyone.
+        """Before this time this node grants no vote and no pre-vote to anyone else.
 
-        It is ``T`` after the last heartbeat it accepted or after its start,
-        whichever is later; only a leadership transfer's vote may be granted
-        before it, and not in the first ``T`` after a start. The leader's lease
-        rests on it: every voter that acknowledged the round a lease counts from
-        holds a promise that outlasts the lease.
+        It is ``T`` after the last heartbeat it accepted, the last vote it granted
+        or its start, whichever is later; only a leadership transfer's vote may be
+        granted before it, and not in the first ``T`` after a start (the vote it
+        already gave in its term may be given again: that is no other vote). The
+        leader's lease rests on it: every voter that acknowledged the round a
+        lease counts from (or granted the vote it counts from) holds a promise
+        that outlasts the lease.
         """
         return self._promise_until
 
@@ -600,12 +606,18 @@ class Node:
                 self._reject(msg, f"pre-vote term {msg.term} is not after {self.term}")
             return
         # A real vote: msg.term == self.term here (a higher term made us follow it).
-        refusal = self._sticky_refusal(msg, now)
+        # The vote it already gave in this term, asked for again (a retry, a
+        # duplicate), is no other vote: no promise forbids giving it again.
+        again = self.voted_for == msg.sender
+        refusal = None if again else self._sticky_refusal(msg, now)
         if refusal is not None:
             self._reject(msg, refusal)
             return
         if self._can_grant(msg.sender):
             self.voted_for = msg.sender
+            # A vote promises what a heartbeat's ack does: no other vote for T
+            # after it was granted. The candidate's lease counts from it.
+            self._promise_until = max(self._promise_until, now + self._T)
             self._reset_election_timer(now)
             self._grant(msg, self.term)
         else:
@@ -675,7 +687,7 @@ class Node:
         # and T after their round would keep a leader that can never hold a lease.
         if sent > self._last_ack.get(msg.sender, -math.inf):
             self._last_ack[msg.sender] = sent
-        if msg.sender in self._voters and msg.seq > self._acked_seq.get(msg.sender, 0):
+        if msg.sender in self._voters and msg.seq > self._acked_seq.get(msg.sender, -1):
             self._acked_seq[msg.sender] = msg.seq
             if msg.seq > self._lease_seq:
                 self._update_lease()
@@ -698,12 +710,13 @@ class Node:
         self._update_lease()
 
     def _update_lease(self) -> None:
-        # The newest round acknowledged by a majority (this node acks every round).
+        # The newest round acknowledged by a majority (this node acks every round;
+        # round 0 is the vote round, -1 means none).
         acks = sorted(
-            [self._seq] + [self._acked_seq.get(v, 0) for v in self._other_voters], reverse=True
+            [self._seq] + [self._acked_seq.get(v, -1) for v in self._other_voters], reverse=True
         )
         seq = acks[self._quorum - 1]
-        sent = self._round_sent.get(seq)
+        sent = self._campaign_sent if seq == 0 else self._round_sent.get(seq)
         if sent is not None and seq > self._lease_seq:
             self._lease_seq = seq
             until = self._lease_base(seq, sent) + self._lease_span
@@ -711,7 +724,7 @@ class Node:
                 self.lease_until = until
 
     def _lease_base(self, seq: int, sent: float) -> float:
-        """The time the lease of round ``seq`` counts from: its *send* time."""
+        """The time the lease of round ``seq`` (0: the vote round) counts from: its *send* time."""
         return sent
 
     def _has_quorum_contact(self, now: float) -> bool:
@@ -757,6 +770,7 @@ class Node:
         self._change_role(Role.CANDIDATE, None, reason)
         self._reset_election_timer(self._now)
         self._votes = {self.id: True}
+        self._campaign_sent = self._now
         req = VoteRequest(self.id, self.term, transfer=transfer, voter_set=self._fingerprint)
         for peer in self._other_voters:
             self._send(peer, req)
@@ -766,13 +780,20 @@ class Node:
     def _become_leader(self) -> None:
         self._change_role(Role.LEADER, self.id, f"won the election for term {self.term}")
         self._start_leading(self._now, 0.0)
+        # The vote round is round 0: each voter that granted its vote promised, when
+        # it granted it, no other vote for T, as an ack of a heartbeat round does;
+        # the lease counts from when the vote requests were sent.
+        for voter in self._other_voters:
+            if self._votes.get(voter):
+                self._acked_seq[voter] = 0
+                self._last_ack[voter] = self._campaign_sent
         self._broadcast_heartbeat()
 
     def _start_leading(self, now: float, lease_until: float) -> None:
         self._leader_address = self._me.address
         self._leader_tags = self._me.tags
         self._leader_since = now
-        self._lease_seq = 0
+        self._lease_seq = -1
         self._acked_seq = {}
         self._last_ack = {}
         self._round_sent = {}

@@ -11,9 +11,10 @@ draws faults at random from its seed, and watches every step for:
 3. ``lease-margin``: a lease that the promises do not cover. The design rests
    on one inequality, checked whenever a lease or a promise changes, not only
    when an overlap happens to occur: for every lease a node holds, a majority
-   of voters (the leader itself included) acknowledged the round the lease can
-   count from and each of them holds a promise that outlasts the lease in real
-   time, under the worst clock rates the drift bound allows and with no delay
+   of voters (the leader itself included) acknowledged a round the lease can
+   count from (a heartbeat round, or the vote round that elected it: a vote
+   promises what an ack does) and each of them holds a promise that outlasts
+   the lease in real time, under the worst clock rates the drift bound allows and with no delay
    between the round's send and its receipt. A lease a few percent too long
    opens a window of milliseconds that random schedules rarely hit; this check
    sees it at the first lease;
@@ -224,11 +225,12 @@ class _EdgeRandom(random.Random):
         return 0.0 if r < 1 / 3 else (r - 1 / 3) * 1.5
 
 
-#: A heartbeat round as the checker saw it leave: the message (kept alive, so
+#: A round as the checker saw it leave: a heartbeat round, or a candidate's vote
+#: round (a granted vote promises what an ack does). The message (kept alive, so
 #: that its id() names this round only), its send time on the sender's clock
 #: times the worst rate ratio, and the acks of the sender's term (see
 #: ``Simulation.acked``).
-_Round = tuple[Heartbeat, float, dict[int, float]]
+_Round = tuple[Heartbeat | VoteRequest, float, dict[int, float]]
 
 
 class Simulation:
@@ -324,7 +326,8 @@ class Simulation:
         self.lease_real = [0.0] * n
         self.rounds: dict[int, _Round] = {}  # by id() of the Heartbeat
         self._round_ids: collections.deque[tuple[float, int]] = collections.deque()
-        #: For each (leader, term), each voter that acknowledged one of its rounds,
+        #: For each (leader, term), each voter that acknowledged one of its rounds
+        #: (or granted it its vote in the term: the vote round),
         #: with the best of ``sent × (1 + drift) − received`` over those rounds (see
         #: _check_margin).
         self.acked: dict[tuple[int, int], dict[int, float]] = {}
@@ -557,7 +560,9 @@ class Simulation:
         reply = out.reply
         if isinstance(reply, VoteReply) and reply.granted:
             assert requester is not None and isinstance(request, VoteRequest)
-            if not request.transfer and self.local(i) < promise - _EPS:
+            # The vote it already gave in the term, given again, is no other vote.
+            again = not reply.pre_vote and self.votes.get((i, reply.term)) == self.ids[requester]
+            if not (request.transfer or again) and self.local(i) < promise - _EPS:
                 raise _Violation(
                     "promise-broken",
                     f"{nid} granted a {'pre-vote' if reply.pre_vote else 'vote'} to"
@@ -577,17 +582,22 @@ class Simulation:
             first = messages[0][1]  # a round: one message, to every peer
             if first.__class__ is Heartbeat:
                 self._round_sent(i, first)
-            elif first.__class__ is VoteRequest and first.pre_vote:
-                self.result.pre_votes += 1
-                if self.failover_from is not None:
-                    self.result.failover_pre_votes += 1
+            elif isinstance(first, VoteRequest):
+                if not first.pre_vote:
+                    self._round_sent(i, first)  # a granted vote promises, as an ack does
+                else:
+                    self.result.pre_votes += 1
+                    if self.failover_from is not None:
+                        self.result.failover_pre_votes += 1
         self._observe(i, node)
         if messages:
             index, me = self.index, self.incarnation[i]
             for to, msg in messages:
                 self._send(i, index[to], msg, None, me)
         if reply is not None and requester is not None:
-            if reply.__class__ is HeartbeatReply and reply.success:
+            if (reply.__class__ is HeartbeatReply and reply.success) or (
+                reply.__class__ is VoteReply and reply.granted and not reply.pre_vote
+            ):
                 rnd = self.rounds.get(id(request))
                 if rnd is not None:
                     _, sent, acked = rnd
@@ -641,7 +651,7 @@ class Simulation:
         if other != self.ids[i]:
             raise _Violation("two-leaders", f"{other} and {self.ids[i]} both lead term {term}")
 
-    def _round_sent(self, i: int, msg: Heartbeat) -> None:
+    def _round_sent(self, i: int, msg: Heartbeat | VoteRequest) -> None:
         # A round sent over 3 T ago can no longer give a lease that still runs:
         # forget it (the core ignores acks of rounds sent over T ago).
         ids = self._round_ids

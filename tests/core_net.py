@@ -172,5 +172,5 @@ class Net:
         self.tick(i)
         self.deliver()
         assert node.role is Role.LEADER, f"{i} did not win: {node.role}"
-        # One more heartbeat round so that the lease is established.
+        assert node.is_leader(self.now), "a new leader holds the lease of its vote round"
         self.deliver()

@@ -379,7 +379,7 @@ def test_check_quorum_counts_an_ack_by_its_rounds_send_time(
     a.tick(t)  # a asks for pre-votes, b grants them and then its vote
     a.step(VoteReply("b", 1, True, pre_vote=True), t)
     out = a.step(VoteReply("b", 1, True), t)
-    assert a.role is Role.LEADER
+    assert a.role is Role.LEADER and a.is_leader(t)  # the lease of its vote round
     elected = t
     pending: list[tuple[float, HeartbeatReply]] = []
     leader_until, held_lease = elected, False
@@ -397,7 +397,9 @@ def test_check_quorum_counts_an_ack_by_its_rounds_send_time(
             a.step(due[1], t)
         if a.role is not Role.LEADER:
             break
-        leader_until, held_lease = t, held_lease or a.is_leader(t)
+        # Past the vote round's lease, only a heartbeat round can give one.
+        leader_until = t
+        held_lease = held_lease or (a.is_leader(t) and t >= elected + T)
     assert held_lease is stays
     if stays:
         assert a.role is Role.LEADER
@@ -425,6 +427,85 @@ def test_lease_needs_a_majority_ack_and_counts_from_send_time() -> None:
     assert a.lease_until == pytest.approx(t0 + T * 0.95)
     assert a.is_leader(t0 + 0.3) and a.is_leader(t0 + 0.94)
     assert not a.is_leader(t0 + 0.951)
+
+
+def test_a_granted_vote_promises_no_other_vote_for_T() -> None:
+    """A vote carries the promise of a heartbeat's ack: no other vote (nor pre-vote)
+    until T after it was granted, on the voter's clock, whatever terms it sees."""
+    b = fresh("b")
+    r = 2.0 * T
+    out = b.step(VoteRequest("a", 1), r)
+    assert isinstance(out.reply, VoteReply) and out.reply.granted
+    assert b.promise_until == pytest.approx(r + T)
+    for msg in (VoteRequest("c", 2, pre_vote=True), VoteRequest("c", 2)):
+        out = b.step(msg, r + 0.99 * T)
+        assert isinstance(out.reply, VoteReply) and not out.reply.granted
+        assert b.term == 1 and b.voted_for == "a" and out.persist is None
+    out = b.step(VoteRequest("c", 2), r + T)
+    assert isinstance(out.reply, VoteReply) and out.reply.granted and b.voted_for == "c"
+
+
+def test_the_vote_it_gave_is_given_again_inside_its_promise() -> None:
+    """A retried or duplicated request for the vote it already gave is granted again
+    (that is no other vote), even inside the promise, even just after a restart."""
+    b = fresh("b")
+    b.step(VoteRequest("a", 1), 2 * T)
+    out = b.step(VoteRequest("a", 1), 2.5 * T)
+    assert isinstance(out.reply, VoteReply) and out.reply.granted and out.persist is None
+    restarted = Node(b.config, b.hard_state, now=3 * T, rng=random.Random(1))
+    out = restarted.step(VoteRequest("a", 1), 3.1 * T)
+    assert isinstance(out.reply, VoteReply) and out.reply.granted
+    out = restarted.step(VoteRequest("c", 1), 3.1 * T)
+    assert isinstance(out.reply, VoteReply) and not out.reply.granted
+
+
+def test_lease_counts_from_the_send_time_of_the_vote_requests() -> None:
+    """The new leader holds a lease as soon as a majority granted its vote: from when
+    its vote requests were *sent*, for T(1 - drift), like a heartbeat round's. A vote
+    that arrives late shortens the lease; it never lengthens it."""
+    cfg = make_config("a", "abcde", pre_vote=False, max_drift=0.05)
+    a = Node(cfg, HardState(), now=0.0, rng=random.Random(1))
+    sent = a.next_deadline()
+    a.tick(sent)
+    assert a.role is Role.CANDIDATE
+    a.step(VoteReply("b", 1, True), sent + 0.3)
+    assert a.role is Role.CANDIDATE  # 2 of 5
+    a.step(VoteReply("c", 1, False), sent + 0.3)
+    out = a.step(VoteReply("d", 1, True), sent + 0.4)
+    assert a.role is Role.LEADER and a.is_leader(sent + 0.4)
+    assert a.lease_until == pytest.approx(sent + 0.95 * T)
+    assert not a.is_leader(sent + 0.951 * T)
+    # Heartbeat rounds extend it as before, from their own send times.
+    hb = next(m for _, m in out.messages if isinstance(m, Heartbeat))
+    a.step(HeartbeatReply("b", 1, hb.seq, True), sent + 0.5)
+    assert a.lease_until == pytest.approx(sent + 0.95 * T)  # one ack of 4 others
+    a.step(HeartbeatReply("e", 1, hb.seq, True), sent + 0.5)
+    assert a.lease_until == pytest.approx(sent + 0.4 + 0.95 * T)
+
+
+def test_a_vote_round_older_than_the_lease_gives_none() -> None:
+    cfg = make_config("a", "abc", pre_vote=False)
+    a = Node(cfg, HardState(), now=0.0, rng=random.Random(1))
+    sent = a.next_deadline()
+    a.tick(sent)
+    a.step(VoteReply("b", 1, True), sent + T)
+    assert a.role is Role.LEADER and not a.is_leader(sent + T)
+
+
+def test_only_granted_votes_of_the_round_count_for_its_lease() -> None:
+    """Round 0 stands for the vote round in the leader's count; a heartbeat reply
+    that names round 0 (no heartbeat has it) is no vote."""
+    cfg = make_config("a", "abcde", pre_vote=False)
+    a = Node(cfg, HardState(), now=0.0, rng=random.Random(1))
+    sent = a.next_deadline()
+    a.tick(sent)
+    a.step(VoteReply("b", 1, True), sent + 0.01)
+    a.step(VoteReply("c", 1, True), sent + 0.01)
+    assert a.role is Role.LEADER and a.lease_until == pytest.approx(sent + 0.99 * T)
+    a.lease_until = 0.0  # as if it had run out: only a new majority may renew it
+    for voter in "de":
+        a.step(HeartbeatReply(voter, 1, 0, True), sent + 0.02)
+    assert a.lease_until == 0.0
 
 
 def test_lease_expires_without_any_input() -> None:
@@ -468,9 +549,14 @@ def test_goelect_fault_transfer_hands_over_in_one_round_trip() -> None:
     out = net.handle("a", a.transfer_leadership(net.now, "c"))
     assert a.role is Role.FOLLOWER and not a.is_leader(net.now) and a.lease_until == 0.0
     assert out.messages == [("c", TimeoutNow("a", 1, a.config.voter_set_fingerprint))]
-    net.deliver()  # no time passes: the followers are all sticky to a
-    assert net.leaders() == ["c"] and net.nodes["c"].term == 2
-    assert net.nodes["c"].is_leader(net.now)
+    c = net.nodes["c"]
+    while c.role is not Role.LEADER:  # TimeoutNow, c's vote requests, the votes
+        _, dst, msg = net.queue.popleft()
+        net.step(dst, msg)
+    # No time passed (the followers are all sticky to a), no heartbeat was answered:
+    # c leads with the lease of its vote round.
+    assert net.leaders() == ["c"] and c.term == 2 and c.is_leader(net.now)
+    assert not any(isinstance(m, HeartbeatReply) and dst == "c" for _, dst, m in net.sent)
 
 
 def test_transfer_picks_a_voter_when_not_told() -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from flask_goelect import simulate
 from flask_goelect.core import Config, HardState, Node, Resume, Role
-from flask_goelect.messages import Heartbeat, HeartbeatReply, Request
+from flask_goelect.messages import Heartbeat, HeartbeatReply, Request, VoteRequest
 from flask_goelect.simulate import SimConfig, Simulation, run_schedules
 
 # CI runs the full count; a developer may lower it locally.
@@ -169,12 +169,31 @@ class PromiseFromPreviousHeartbeat(Node):
         self._promise_until = max(before, (self._now if previous is None else previous) + self._T)
 
 
+class VoteLeaseFromReplyArrival(Node):
+    """The lease of the vote round counts from when the deciding vote arrived, not from
+    when the vote requests were sent: a round trip too long."""
+
+    def _lease_base(self, seq: int, sent: float) -> float:
+        return self._now if seq == 0 else sent
+
+
+class VotePromisesNothing(Node):
+    """The lease counts from the vote round, but a granted vote promises nothing."""
+
+    def _on_vote_request(self, msg: VoteRequest) -> None:
+        before = self._promise_until
+        super()._on_vote_request(msg)
+        self._promise_until = before
+
+
 MARGIN_BUGS = [
     LeaseThreePercentLong,
     PromiseThreePercentShort,
     LeaseIgnoresDrift,
     AckCountedForNewestRound,
     PromiseFromPreviousHeartbeat,
+    VoteLeaseFromReplyArrival,
+    VotePromisesNothing,
 ]
 
 
