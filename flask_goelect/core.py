@@ -17,7 +17,13 @@ The rules, and where they come from (Raft paper §5, Ongaro's thesis §§3, 6, 9
   of that term (§5.1). The comparison happens once, at the top of :meth:`Node.step`.
 * One vote per term, recorded in ``voted_for`` and persisted before the reply
   leaves (§5.2). A candidate asks only in the term it started itself.
-* The election timeout is drawn from ``[T, 2T)`` every time it is reset (§5.2).
+* The election timeout (§5.2) is ``T`` (the promise below), then a spread that
+  separates candidates by an election round, not a random ``[T, 2T)``: each of
+  the first voters in an order (its place after the silent leader's, or after
+  the term's, among the sorted voter ids) waits its rank times a gap (half a
+  heartbeat interval after a known leader, four without one), plus a jitter
+  below an eighth of a heartbeat interval, drawn anew each time it is reset;
+  the voters after the slots draw in one more gap. The spread stays below ``T``.
 * Pre-vote (thesis §9.6): a node whose timer fires asks "would you vote for me
   in term+1?" without anyone changing term, and campaigns only with a majority.
 * Leader stickiness (thesis §4.2.3, §6.4): a node that heard from a live leader,
@@ -93,6 +99,26 @@ __all__ = [
 
 
 _REQUESTS = (VoteRequest, Heartbeat, TimeoutNow)
+
+#: The spread of the election timer, in heartbeat intervals (the setting that
+#: says how quickly the nodes answer each other: a heartbeat round must fit in
+#: it, and so must an election round, a pre-vote round trip, the candidate's
+#: durable write and its vote requests' way out). The first voters in the order
+#: (``RANK_SLOTS`` of them) each have a slot: their rank times a gap, plus a
+#: jitter below ``JITTER`` drawn anew each time; the others draw at random in
+#: one more gap after the last slot. With a known leader (the one that fell
+#: silent) the followers' timers started within a round of each other, at its
+#: last heartbeat: ``RANK_GAP`` keeps two ranks a few rounds apart. With none (a
+#: start, a lost campaign, a vote in a new term) they started at unrelated
+#: instants: ``RANK_GAP_NO_LEADER`` is wider, and fewer voters have a slot. Either
+#: gap is cut to ``T / (slots + 1)`` if longer, so the whole spread stays below
+#: ``T`` (below ``2.5 H`` after a known leader) whatever the number of voters:
+#: the timer fires in ``[T, 2T)`` after its reset, as Raft's.
+RANK_GAP = 0.5
+RANK_GAP_NO_LEADER = 4.0
+RANK_SLOTS = 4
+RANK_SLOTS_NO_LEADER = 2
+JITTER = 0.125
 
 
 class ConfigError(ValueError):
@@ -395,6 +421,10 @@ class Node:
         self._others = tuple(p.id for p in config.peers if p.id != self.id)
         self._other_voters = tuple(v for v in self._others if v in config.voters)
         self._fingerprint = config.voter_set_fingerprint
+        # The order in which the voters' election timers fire, and the gap between
+        # two ranks (see _reset_election_timer).
+        self._order = {v: i for i, v in enumerate(sorted(config.voters))}
+        self._H = float(config.heartbeat_interval)
         # The lease is shortened by the drift bound; check quorum uses the same bound.
         self._lease_span = self._T * (1.0 - config.max_drift)
         me = config.peer(self.id)
@@ -669,6 +699,11 @@ class Node:
         refused = len(self._votes) - granted
         if granted >= self._quorum:
             if self.role is Role.PRE_CANDIDATE:
+                if self._now < self._promise_until:
+                    # It granted a vote since it asked (to a candidate of its own
+                    # term): that vote promised no other for T, its own included.
+                    # Its timer, reset then, asks again once the promise is over.
+                    return
                 self._become_candidate(transfer=False)
             else:
                 self._become_leader()
@@ -861,8 +896,45 @@ class Node:
             )
 
     def _reset_election_timer(self, now: float) -> None:
-        # Randomized in [T, 2T), drawn anew every time (Raft §5.2).
-        self._election_deadline = now + self._T * (1.0 + self._rng.random())
+        # T first: the promise (no vote before T after the last heartbeat or vote
+        # this node accepted; thesis §4.2.3). Then a spread that only has to keep
+        # candidates an election round apart (§5.2's purpose), not a [T, 2T) that
+        # cost T/2 on average and still let two timers fire within one round.
+        self._election_deadline = now + self._T + self._timer_spread()
+
+    def _timer_spread(self) -> float:
+        """The part of the election timer after ``T``, drawn anew at each reset.
+
+        A voter with a slot (rank below the slots) waits its rank times the gap,
+        plus a jitter below ``JITTER`` heartbeat intervals; one without a slot
+        draws at random in the gap after the last slot. Below ``(slots + 1) x gap``,
+        at most ``T``: many voters, or several dead ones in a row, cost no more than
+        Raft's ``[T, 2T)``.
+        """
+        rank, known = self._rank()
+        slots = RANK_SLOTS if known else RANK_SLOTS_NO_LEADER
+        gap = min((RANK_GAP if known else RANK_GAP_NO_LEADER) * self._H, self._T / (slots + 1))
+        draw = self._rng.random()
+        if rank < slots:
+            return gap * rank + JITTER * self._H * draw
+        return gap * (slots + draw)
+
+    def _rank(self) -> tuple[int, bool]:
+        """This voter's place in the order election timers fire in (0: first), and
+        whether it counts from a known leader.
+
+        With a known leader (the one that fell silent), the voters that follow its
+        place among the sorted voter ids, in turn. With none (a start, a lost
+        campaign, a vote granted in a new term), the voters from the place the
+        term gives, so that the order turns with every term campaigned in.
+        """
+        order = self._order
+        me = order.get(self.id)
+        leader = order.get(self.leader_id) if self.leader_id is not None else None
+        if me is None:
+            return 0, leader is not None
+        start = self.term if leader is None else leader + 1
+        return (me - start) % len(order), leader is not None
 
     # -- output ----------------------------------------------------------------
 

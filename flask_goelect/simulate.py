@@ -19,7 +19,9 @@ draws faults at random from its seed, and watches every step for:
    opens a window of milliseconds that random schedules rarely hit; this check
    sees it at the first lease;
 4. ``promise-broken``: a node granting a vote or a pre-vote (other than a
-   transfer's) before the end of the promise it states (``Node.promise_until``);
+   transfer's), or campaigning (its vote for itself; a transfer's campaign
+   excepted), before the end of the promise it states (``Node.promise_until``):
+   an election timer shorter than the promise is caught here;
 5. ``double-vote``: a node granting votes to two candidates in one term, also
    across crash and restart from its persisted state;
 6. ``term-regression``: a node's term going backwards;
@@ -191,8 +193,12 @@ class ScheduleResult:
     pre_votes: int = 0
     #: For each term someone campaigned in, the candidates (each voted for itself).
     candidates: dict[int, set[int]] = field(default_factory=dict)
-    #: Leaders that stepped down because they saw a later term (a campaign deposed them).
+    #: Leaders that stepped down because they saw a later term (a campaign deposed them),
+    #: and those that stepped down because a majority stopped answering (check quorum).
     deposed: int = 0
+    lost_quorum: int = 0
+    #: Of the deposed, those that held a valid lease then: healthy leaders disrupted.
+    deposed_healthy: int = 0
     #: The failover phase alone (clean network): pre-vote rounds and terms campaigned
     #: in between the crash of the leader and the next lease.
     failover_pre_votes: int = 0
@@ -553,10 +559,24 @@ class Simulation:
                 self.result.elections += 1
                 self._leads(i, tr.term)
             elif tr.role is Role.CANDIDATE:
+                # Its vote for itself is a vote: none before the end of its promise,
+                # but for a transfer's (the leader it promised has given up).
+                transfer = tr.reason.startswith("leadership transfer")
+                if not transfer and self.local(i) < node.promise_until - _EPS:
+                    raise _Violation(
+                        "promise-broken",
+                        f"{nid} campaigned in term {tr.term}"
+                        f" {node.promise_until - self.local(i):.6f}s (its clock) before the"
+                        " end of its promise",
+                    )
                 self._record_vote(i, tr.term, nid)
                 self._count_candidacy(i, tr.term)
             elif tr.previous_role is Role.LEADER and tr.reason.startswith("saw term"):
                 self.result.deposed += 1
+                if self.lease_real[i] > self.now:  # the lease it held before this step
+                    self.result.deposed_healthy += 1
+            elif tr.previous_role is Role.LEADER and tr.reason.startswith("lost contact"):
+                self.result.lost_quorum += 1
         reply = out.reply
         if isinstance(reply, VoteReply) and reply.granted:
             assert requester is not None and isinstance(request, VoteRequest)
@@ -1046,6 +1066,8 @@ class Summary:
     campaigns: int = 0
     split_votes: int = 0
     deposed: int = 0
+    lost_quorum: int = 0
+    deposed_healthy: int = 0
     #: Over the failover phases of the schedules counted in ``failovers``: pre-vote
     #: rounds and terms campaigned in until the next lease (1 and 1 each at best).
     failover_pre_votes: int = 0
@@ -1066,6 +1088,8 @@ class Summary:
         self.campaigns += r.campaigns
         self.split_votes += r.split_votes
         self.deposed += r.deposed
+        self.lost_quorum += r.lost_quorum
+        self.deposed_healthy += r.deposed_healthy
         if r.failover is not None and not r.boundary:
             self.failovers.append(r.failover)
             self.failover_pre_votes += r.failover_pre_votes
@@ -1220,6 +1244,8 @@ def _print_summary(summary: Summary, cfg: SimConfig, args: argparse.Namespace) -
         "campaigns": summary.campaigns,
         "split_votes": summary.split_votes,
         "leaders_deposed": summary.deposed,
+        "leaders_deposed_holding_a_lease": summary.deposed_healthy,
+        "leaders_lost_quorum": summary.lost_quorum,
         "failover_pre_vote_rounds": summary.failover_pre_votes,
         "failover_campaigns": summary.failover_campaigns,
         "events": summary.events,
@@ -1250,8 +1276,11 @@ def _print_summary(summary: Summary, cfg: SimConfig, args: argparse.Namespace) -
         )
         print(
             f"campaigns: {summary.campaigns} terms (split votes: {summary.split_votes}),"
-            f" pre-vote rounds: {summary.pre_votes}, leaders deposed by a later term:"
-            f" {summary.deposed}"
+            f" pre-vote rounds: {summary.pre_votes}"
+        )
+        print(
+            f"leaders deposed by a later term: {summary.deposed} (holding a lease:"
+            f" {summary.deposed_healthy}), stepped down without a majority: {summary.lost_quorum}"
         )
         if fo:
             print(

@@ -9,11 +9,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from typing import Any
 
 import pytest
 from core_net import HB, Net, T, make_config
 
 from flask_goelect.core import (
+    JITTER,
+    RANK_GAP,
+    RANK_GAP_NO_LEADER,
+    RANK_SLOTS,
+    RANK_SLOTS_NO_LEADER,
     Config,
     ConfigError,
     HardState,
@@ -129,17 +135,133 @@ def test_vote_survives_restart() -> None:
     assert isinstance(out.reply, VoteReply) and not out.reply.granted
 
 
-def test_election_timeout_is_redrawn_in_T_to_2T() -> None:
-    """§5.2: randomized election timeouts in [T, 2T), drawn anew each reset."""
-    node = fresh()
-    draws = []
-    for k in range(500):
+def test_election_timer_is_T_then_the_rank_after_the_silent_leader() -> None:
+    """§5.2's timer: never before T (the promise), then a spread that only separates
+    candidates. Each voter waits its rank after the leader's place among the sorted
+    ids times a gap (half a heartbeat interval), plus a jitter below an eighth of
+    one, drawn anew each time: the next voter after the leader fires first, and two
+    ranks stay at least a gap less a jitter apart."""
+    gap, jitter = HB * RANK_GAP, HB * JITTER
+    ids = tuple("abcde")
+    for me, rank in {"d": 0, "e": 1, "a": 2, "b": 3}.items():
+        node = fresh(me, ids)
+        draws = []
+        for k in range(400):
+            now = float(k * 10)
+            node.step(Heartbeat("c", 1, k + 1), now)
+            draws.append(node.next_deadline() - now)
+        low, high = T + rank * gap, T + rank * gap + jitter
+        assert all(low <= d < high for d in draws), me
+        assert len(set(draws)) == len(draws)
+        assert min(draws) < low + 0.05 * jitter and max(draws) > high - 0.05 * jitter
+
+
+def test_without_a_leader_the_order_turns_with_the_term() -> None:
+    """No leader known (a start, a lost campaign, a vote in a new term): the ranks
+    count from the place the term gives, so each term campaigned in puts another
+    voter first; their timers started at unrelated instants, so the gap is wider
+    (4 H, cut to T / 3 so that the spread stays below T), and only the first two
+    ranks have a slot: the third draws in the gap after them."""
+    gap, jitter = min(HB * RANK_GAP_NO_LEADER, T / (RANK_SLOTS_NO_LEADER + 1)), HB * JITTER
+    assert RANK_SLOTS_NO_LEADER == 2 and gap == pytest.approx(T / 3)
+    ids = tuple("abc")
+    for term in range(6):
+        first, second, third = (ids[(term + k) % 3] for k in range(3))
+        for me in ids:
+            node = Node(make_config(me, ids), HardState(term), now=0.0, rng=random.Random(3))
+            d = node.next_deadline()
+            if me == first:
+                assert T <= d < T + jitter
+            elif me == second:
+                assert T + gap <= d < T + gap + jitter
+            else:
+                assert me == third and T + 2 * gap <= d < T + 3 * gap
+
+
+def _spreads(
+    me: str, ids: tuple[str, ...], leader: str | None, draws: int = 200, **kw: Any
+) -> list[float]:
+    """``draws`` election timers of ``me`` after a reset, minus the reset time."""
+    node = Node(make_config(me, ids, **kw), HardState(1), now=0.0, rng=random.Random(me))
+    out = []
+    for k in range(draws):
         now = float(k * 10)
-        node.step(Heartbeat("b", 1, k + 1), now)
-        draws.append(node.next_deadline() - now)
-    assert all(T <= d < 2 * T for d in draws)
-    assert len(set(draws)) == len(draws)
-    assert min(draws) < T * 1.1 and max(draws) > T * 1.9
+        if leader is None:
+            node.step(VoteRequest(ids[(ids.index(me) + 1) % len(ids)], k + 2), now)
+        else:
+            node.step(Heartbeat(leader, 1, k + 1), now)
+        assert (node.leader_id is None) == (leader is None)
+        out.append(node.next_deadline() - now)
+    return out
+
+
+@pytest.mark.parametrize("voters", [9, 25, 50])
+def test_the_spread_is_bounded_whatever_the_number_of_voters(voters: int) -> None:
+    """Many voters (up to 50) do not stretch the timer: after a known leader every
+    voter fires within T + 2.5 H of its reset (the first four ranks in their slots,
+    half a heartbeat interval apart; the rest at random in the half interval after
+    them); without one, within 2T (the two first ranks in slots T/3 apart, the
+    rest in the third after them). Never before T, the promise."""
+    ids = tuple(f"n{k:02d}" for k in range(voters))
+    leader = ids[0]
+    known = {me: _spreads(me, ids, leader, 60) for me in ids[1:]}
+    gap = HB * RANK_GAP
+    for rank, me in enumerate(ids[1:]):
+        assert all(T <= d < T + 2.5 * HB for d in known[me]), me
+        if rank < RANK_SLOTS:
+            assert all(T + rank * gap <= d < T + rank * gap + HB * JITTER for d in known[me])
+        else:
+            assert all(T + RANK_SLOTS * gap <= d for d in known[me])
+    tail = [d for me in ids[1 + RANK_SLOTS :] for d in known[me]]
+    assert max(tail) - min(tail) > 0.9 * gap  # spread over the gap, not one instant
+    for me in ids[:: max(1, voters // 8)]:
+        assert all(T <= d < 2 * T for d in _spreads(me, ids, None, 60)), me
+
+
+def test_the_spread_stays_below_T_at_the_widest_heartbeat() -> None:
+    """A heartbeat interval of T / 2 (the widest allowed): the gaps are cut so that
+    no timer reaches 2T, with a leader known or not."""
+    ids = tuple("abcdefghi")
+    for me in ids[1:]:
+        for leader in ("a", None):
+            draws = _spreads(me, ids, leader, 60, heartbeat_interval=T / 2)
+            assert all(T <= d < 2 * T for d in draws), (me, leader)
+
+
+def test_a_leader_appears_when_the_next_two_voters_died_with_it() -> None:
+    """A rack lost: the leader and the next two voters in its order crash at once.
+    The third campaigns when its slot comes, two gaps after the first, and wins
+    alone: within T + H + H/8 of the last heartbeat (+ one step of the test's
+    clock), not one gap per voter of the cluster."""
+    net = Net(ids="abcdefghi")
+    net.elect("b")
+    net.advance(2 * HB)
+    last_heartbeat = net.now
+    for dead in "bcd":
+        net.crash(dead)
+    net.advance(2 * T)
+    assert net.leaders() == ["e"] and net.nodes["e"].term == 2
+    won = next(t.at for i, t in net.transitions if i == "e" and t.role is Role.LEADER)
+    assert won <= last_heartbeat + T + 2 * HB * RANK_GAP + HB * JITTER + 0.01
+    campaigns = [t for _, t in net.transitions if t.role is Role.CANDIDATE and t.term > 1]
+    assert len(campaigns) == 1
+
+
+def test_the_next_voter_after_a_crashed_leader_wins_at_once() -> None:
+    """After the leader's crash its next voter campaigns first, within a jitter of the
+    end of its promise, and wins without a split vote."""
+    net = Net(ids="abcde")
+    net.elect("b")
+    net.advance(2 * HB)
+    last_heartbeat = net.now
+    net.crash("b")
+    net.advance(1.5 * T)
+    c = net.nodes["c"]
+    assert net.leaders() == ["c"] and c.term == 2
+    won = next(t.at for i, t in net.transitions if i == "c" and t.role is Role.LEADER)
+    assert won <= last_heartbeat + T + HB * JITTER + 0.01  # + one step of advance
+    campaigns = [t for _, t in net.transitions if t.role is Role.CANDIDATE and t.term > 1]
+    assert len(campaigns) == 1
 
 
 def test_goelect_fault_candidate_asks_only_in_the_term_it_started() -> None:
@@ -256,6 +378,28 @@ def test_pre_vote_refusals_count_only_for_the_pre_candidates_term() -> None:
     for voter in "bcd":
         node.step(VoteReply(voter, 0, False, pre_vote=True), now)
     assert node.role is Role.FOLLOWER and node.term == 0
+
+
+def test_a_pre_candidate_that_granted_a_vote_campaigns_only_after_its_promise() -> None:
+    """A pre-candidate may still grant its vote to a candidate of its own term (a
+    request that was delayed): that vote promises no other for T, its own included.
+    A pre-vote majority that arrives meanwhile (replies that were delayed too) does
+    not make it a candidate; its timer, reset by the grant, asks again after T."""
+    node = fresh("a", tuple("abcde"))
+    node.tick(node.next_deadline())
+    assert node.role is Role.PRE_CANDIDATE and node.term == 0
+    granted_at = node.next_deadline() - 0.5
+    out = node.step(VoteRequest("b", 0), granted_at)
+    assert isinstance(out.reply, VoteReply) and out.reply.granted
+    assert node.role is Role.PRE_CANDIDATE and node.promise_until == granted_at + T
+    for voter in "cd":
+        node.step(VoteReply(voter, 1, True, pre_vote=True), granted_at + 0.01)
+    assert node.role is Role.PRE_CANDIDATE and node.term == 0 and node.voted_for == "b"
+    assert node.next_deadline() >= node.promise_until
+    node.tick(node.next_deadline())
+    for voter in "cd":
+        node.step(VoteReply(voter, 1, True, pre_vote=True), node.promise_until + 0.01)
+    assert node.role is Role.CANDIDATE and node.term == 1
 
 
 # -- thesis §4.2.3 / §6.4 stickiness and the follower's promise ----------------------

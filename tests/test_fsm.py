@@ -41,6 +41,17 @@ def random_schedule(seed: int) -> list[Transition]:
                 net.restart(i)
             else:
                 net.crash(i)
+        elif r < 0.87:
+            # Two election timers at one instant (a stall of the process, a clock
+            # that jumped): ranked timers keep candidates apart, so a split vote
+            # and its edges need this.
+            up = [i for i in net.ids if i not in net.crashed and i not in net.observers]
+            if len(up) >= 2:
+                pair = rnd.sample(up, 2)
+                net.now = max(net.now, *(net.nodes[i].next_deadline() for i in pair))
+                for i in pair:
+                    net.tick(i)
+                net.deliver()
         else:
             for leader in net.leaders():
                 to = rnd.choice([None, *net.ids])

@@ -334,6 +334,26 @@ def test_clean_core_small_run_all_fault_kinds_one_at_a_time() -> None:
     assert handoffs.handoffs >= 10 and not handoffs.failed
 
 
+class TimerBeforePromise(Node):
+    """The election timer counts 0.97 T, not T, before its spread: a node may campaign
+    (vote for itself) before the end of the promise it gave with its last ack."""
+
+    def _reset_election_timer(self, now: float) -> None:
+        self._election_deadline = now + 0.97 * self._T + self._timer_spread()
+
+
+def test_a_timer_shorter_than_the_promise_is_caught() -> None:
+    """The ranked timer's first part is the promise: 3 % less, and a node whose last
+    ack is newer than the others' campaigns inside its promise (the others, past
+    theirs, grant its pre-votes), under a lease that counted on that ack."""
+    summary = run_schedules(
+        SimConfig(), 200, seed=1, node_factory=TimerBeforePromise, stop_on_violation=True
+    )
+    assert summary.failed, f"survived {summary.schedules} schedules"
+    kind, _, detail = summary.failed[0].violations[0]
+    assert kind == "promise-broken" and "campaigned" in detail, detail
+
+
 class FixedTimer(Node):
     """Every election timer is exactly T: followers of one leader fire together."""
 
