@@ -37,9 +37,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N:ROUNDS,...",
         help="cluster sizes and their rounds (default 3:30,5:20; --quick 3:5,5:3)",
     )
+    parser.add_argument(
+        "--steady",
+        type=float,
+        default=None,
+        metavar="S",
+        help="fail over also after S seconds of steady leadership (default 10; --quick 4; 0: not)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     config = SuiteConfig.quick_run() if args.quick else SuiteConfig()
+    if args.steady is not None:
+        if args.steady < 0:
+            parser.error("--steady must be 0 or more seconds")
+        config.steady = args.steady
     if args.sizes:
         try:
             pairs = [item.split(":") for item in args.sizes.split(",")]

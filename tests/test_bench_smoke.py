@@ -46,10 +46,20 @@ def test_summarize() -> None:
     assert (s["n"], s["median"], s["p90"], s["max"], s["min"]) == (10, 5.5, 9.0, 10.0, 1.0)
 
 
-def _run(system: Any, nodes: int, failover: list[float], cpu: float) -> dict[str, Any]:
+def _run(
+    system: Any,
+    nodes: int,
+    failover: list[float],
+    cpu: float,
+    steady: list[float] | None = None,
+    handover: list[float] | None = None,
+) -> dict[str, Any]:
     config = BenchConfig(nodes=nodes, rounds=len(failover))
     figures = make_figures(config, system)
     figures["failover"].samples = failover
+    figures["steady"].samples = steady or []
+    if handover is not None:
+        figures["handover"].samples = handover
     figures["cold"].samples = [250.0, 260.0]
     figures["leader_cpu"].samples = [cpu]
     figures["follower_cpu"].samples = [cpu / 2, cpu / 2]
@@ -75,13 +85,16 @@ def test_figures_of_each_system() -> None:
     assert {"handover", "overhead"} <= set(ours)
     assert not {"handover", "overhead"} & set(theirs)
     assert ours["failover"].target == "median <= 300 ms" and not theirs["failover"].target
+    assert ours["steady"].target == "median <= 205 ms, p99 <= 260 ms"
+    assert {"steady_won", "steady_lease"} <= set(ours) and "steady_won" not in theirs
+    assert not any(k.startswith("steady") for k in make_figures(BenchConfig(steady=0), GOELECT))
 
 
 def test_comparison_ratios_and_targets() -> None:
     runs = [
-        _run(GOELECT, 3, [100.0, 120.0, 140.0], 4.0),
-        _run(PYSYNCOBJ, 3, [250.0, 260.0, 270.0], 1.0),
-        _run(GOELECT, 5, [310.0, 320.0], 5.0),
+        _run(GOELECT, 3, [100.0, 120.0, 140.0], 4.0, [180.0, 190.0, 200.0, 250.0], [5.0, 6.0, 7.0]),
+        _run(PYSYNCOBJ, 3, [250.0, 260.0, 270.0], 1.0, [600.0, 650.0, 700.0]),
+        _run(GOELECT, 5, [310.0, 320.0], 5.0, [210.0]),
     ]
     report = _report(runs)
     row = next(c for c in report["comparison"] if c["nodes"] == 3 and c["key"] == "failover")
@@ -90,10 +103,17 @@ def test_comparison_ratios_and_targets() -> None:
     assert cpu["ratio_median"] == pytest.approx(4.0)
     five = next(c for c in report["comparison"] if c["nodes"] == 5 and c["key"] == "failover")
     assert five["pysyncobj_median"] is None and five["ratio_median"] is None
-    assert [t["met"] for t in report["targets"]] == [True, True]
+    assert [t["met"] for t in report["targets"]] == [True] * 7
+    steady = next(c for c in report["comparison"] if c["nodes"] == 3 and c["key"] == "steady")
+    assert steady["ratio_median"] == pytest.approx(195 / 650)
 
-    slow = _report([_run(GOELECT, 3, [400.0], 4.0), _run(PYSYNCOBJ, 3, [500.0], 1.0)])
-    assert [t["met"] for t in slow["targets"]] == [False, False]
+    slow = _report(
+        [
+            _run(GOELECT, 3, [400.0], 4.0, [300.0], [20.0]),
+            _run(PYSYNCOBJ, 3, [500.0], 1.0, [600.0]),
+        ]
+    )
+    assert [t["met"] for t in slow["targets"]] == [False] * 6
 
     text = format_report(report)
     assert "flask-goelect vs pysyncobj" in text and "0.46" in text
