@@ -378,9 +378,11 @@ def test_failover_is_measured_and_bounded() -> None:
     summary = run_schedules(SimConfig(boundary=0.0), 30, seed=100)
     assert not summary.failed
     assert len(summary.failovers) >= 25
-    # T - heartbeat <= failover < 2T + a few round trips, by construction of the
-    # timers (the crash lands anywhere between two heartbeats).
-    assert all(0.15 <= f < 0.5 for f in summary.failovers), summary.failovers
+    # T - heartbeat <= failover < T + heartbeat: the crash lands anywhere between two
+    # heartbeats, and the next voter in the order campaigns at the end of its promise,
+    # within its jitter (H/8), and wins in a round (the ranked timer; [T, 2T) at
+    # random took up to 2T and more).
+    assert all(0.15 <= f < 0.25 for f in summary.failovers), summary.failovers
 
 
 def test_ci_run_thousands_of_schedules_without_a_violation() -> None:
