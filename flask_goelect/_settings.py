@@ -535,13 +535,15 @@ TABLE: tuple[ConfigKey, ...] = (
         2000,
         _duration,
         unit="ms",
-        doc="The election timeout T: a follower that hears nothing for a random time in"
-        " [T, 2T) campaigns; the leader's lease lasts T × (1 − max drift).",
+        doc="The election timeout T: a follower that hears nothing for T campaigns, the"
+        " voters in turn a fraction of a heartbeat interval apart (always within [T, 2T));"
+        " the leader's lease lasts T × (1 − max drift).",
         more="A number of milliseconds or a `datetime.timedelta`. A leader without replies"
         " from a majority for T steps down; the lease counts from the send time of the last"
         " heartbeat round a majority acknowledged.",
         why="tolerates pauses of well over a second. Failover after a crash then takes"
-        " about T to 2T plus a round trip (2–4 s). On a quiet LAN with a lightly loaded app,"
+        " about T plus a round trip (1.8–2.1 s in the simulator, with the default heartbeat)."
+        " On a quiet LAN with a lightly loaded app,"
         " 200–500 ms works (the example app and the benchmarks use 200 ms).",
     ),
     ConfigKey(
