@@ -9,6 +9,7 @@ against the promises at every step, within a few schedules.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -342,16 +343,39 @@ class TimerBeforePromise(Node):
         self._election_deadline = now + 0.97 * self._T + self._timer_spread()
 
 
+class WithoutPreVote(Node):
+    """A clean core configured without pre-vote (``Config(pre_vote=False)``)."""
+
+    def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(dataclasses.replace(config, pre_vote=False), *args, **kwargs)
+
+
+class TimerBeforePromiseWithoutPreVote(TimerBeforePromise, WithoutPreVote):
+    """The short timer where nothing but the timer keeps a campaign out of the promise."""
+
+
 def test_a_timer_shorter_than_the_promise_is_caught() -> None:
-    """The ranked timer's first part is the promise: 3 % less, and a node whose last
-    ack is newer than the others' campaigns inside its promise (the others, past
-    theirs, grant its pre-votes), under a lease that counted on that ack."""
-    summary = run_schedules(
-        SimConfig(), 200, seed=1, node_factory=TimerBeforePromise, stop_on_violation=True
+    """The ranked timer's first part is the promise. Without pre-vote, a timer 3 % short
+    makes the first voter in the order campaign (vote for itself) before the end of its
+    promise: caught in the first schedule. With pre-vote, a second guard holds (a
+    pre-candidate campaigns only after its promise): no violation, but every failover
+    wastes a pre-vote round, refused by voters still inside their promises. No
+    partitions: without pre-vote a rejoining node deposes the leader (``NoPreVote``)."""
+    sim = SimConfig(faults=frozenset(simulate.FAULTS) - {"partition"})
+    caught = run_schedules(
+        sim, 200, seed=1, node_factory=TimerBeforePromiseWithoutPreVote, stop_on_violation=True
     )
-    assert summary.failed, f"survived {summary.schedules} schedules"
-    kind, _, detail = summary.failed[0].violations[0]
+    assert caught.failed, f"survived {caught.schedules} schedules"
+    kind, _, detail = caught.failed[0].violations[0]
     assert kind == "promise-broken" and "campaigned" in detail, detail
+    assert caught.schedules == 1
+    for clean in (WithoutPreVote, Node):
+        assert not run_schedules(sim, 30, seed=1, node_factory=clean).failed, clean
+    short = run_schedules(sim, 30, seed=1, node_factory=TimerBeforePromise)
+    good = run_schedules(sim, 30, seed=1)
+    assert not short.failed and len(short.failovers) == len(good.failovers) > 20
+    assert good.failover_pre_votes == len(good.failovers)
+    assert short.failover_pre_votes > 1.5 * good.failover_pre_votes
 
 
 class FixedTimer(Node):
