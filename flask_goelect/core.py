@@ -616,6 +616,12 @@ class Node:
                 f" until {self._T:g}s after its start (it may have promised a leader before)"
             )
         if not msg.transfer and self._in_lease(now):
+            if self.role is not Role.LEADER and self.leader_id is None and self.voted_for:
+                # The promise of the vote it gave in this term, no leader known since.
+                return (
+                    f"already voted for {self.voted_for} in term {self.term}: no other vote"
+                    f" until {self._T:g}s after it"
+                )
             return "a live leader is known"
         return None
 

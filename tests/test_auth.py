@@ -625,8 +625,7 @@ def test_a_signed_vote_is_granted_and_its_reply_signed(node: SecuredNode) -> Non
 
 
 def test_refused_requests_change_nothing(node: SecuredNode) -> None:
-    node.post("/rpc/vote", {"sender": "n2", "term": 3}, signer=node.signer("n2"))
-    before = node.node_state()
+    # The one vote this node grants (a vote promises no other for T, 20 s here).
     danger = {"sender": "n3", "term": 99}  # would make n1 vote in term 99
     heartbeat = {"sender": "n3", "term": 99, "seq": 1}
     recorded, _ = node.signer("n3").request_headers(
