@@ -3,7 +3,8 @@
 ``python -m bench.busy`` runs 3 nodes of the example app under a server (by
 default gunicorn sync workers) and keeps every worker of every node busy with
 slow requests (``GET /slow?ms=...``: waiting, or computing with ``--cpu``) for
-``--seconds``, then reports:
+``--seconds`` (``--target leader`` or ``follower``: only the leader, or only one
+follower), then reports:
 
 * how many times the leader changed during the load (every change of leader or
   term the nodes printed);
@@ -16,6 +17,7 @@ slow requests (``GET /slow?ms=...``: waiting, or computing with ``--cpu``) for
     python -m bench.busy --server gunicorn --server-args="-k sync -w 3" --seconds 30
     python -m bench.busy --server-args="-k gevent -w 1" --cpu --ms 2500 --clients 1
     python -m bench.busy --elect-timeout 200 --heartbeat 50 --ms 500
+    python -m bench.busy --server-args="-k gevent -w 1" --cpu --ms 20000 --target follower
 
 Timing defaults are the library's (election timeout 2000 ms, heartbeat 200 ms):
 the case users live in.
@@ -58,7 +60,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         job_interval=0,
         server=args.server,
         server_args=server_args,
-        log_level="WARNING",
+        log_level="INFO" if args.state_dir else "WARNING",
+        state_dir=args.state_dir,
+        keep=args.state_dir is not None,
     ) as cluster:
         cluster.start(timeout=60)
         leader = cluster.wait_for_leader(30)
@@ -66,7 +70,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mark = cluster.mark()
         stop = threading.Event()
         counts: collections.Counter[str] = collections.Counter()
-        targets = list(cluster.nodes) if args.nodes == "all" else [leader.id]
+        if args.target == "all":
+            targets = list(cluster.nodes)
+        elif args.target == "leader":
+            targets = [leader.id]
+        else:
+            targets = [min(n for n in cluster.nodes if n != leader.id)]
         threads = [
             threading.Thread(
                 target=_load,
@@ -92,7 +101,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(0.5)
         after = cluster.wait_for_leader(60)
         status = cluster.status(after.id, timeout=30) or {}
-        where = "every node" if args.nodes == "all" else "the leader"
+        where = {"all": "every node", "leader": "the leader"}.get(
+            args.target, f"one follower ({targets[0]})"
+        )
         return {
             "server": f"{args.server} {args.server_args}".strip(),
             "load": f"{len(threads)} clients on {where} of GET /slow?ms={args.ms:g}"
@@ -121,7 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ms", type=float, default=1000.0, help="length of a slow request")
     parser.add_argument("--cpu", action="store_true", help="compute instead of waiting")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients per node")
-    parser.add_argument("--nodes", choices=("all", "leader"), default="all")
+    parser.add_argument(
+        "--target",
+        "--nodes",
+        dest="target",
+        choices=("all", "leader", "follower"),
+        default="all",
+        help="which nodes get the load: every node, the leader, or one follower",
+    )
+    parser.add_argument(
+        "--state-dir", help="keep the nodes' state and INFO logs there (default: dropped)"
+    )
     parser.add_argument("--elect-timeout", type=int, default=2000)
     parser.add_argument("--heartbeat", type=int, default=200)
     args = parser.parse_args(argv)

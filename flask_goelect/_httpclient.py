@@ -131,6 +131,13 @@ class RpcClient:
             with contextlib.suppress(Exception):
                 conn.close()
 
+    def drop_idle(self) -> None:
+        """Close the kept-alive connections; the next call opens a new one."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
     def connect(self, timeout: float) -> None:
         """Open a connection now and keep it (so that the first call does not pay for it)."""
         conn = self._connect(time.monotonic() + timeout)
@@ -222,6 +229,9 @@ class RpcClient:
         except (OSError, ssl.SSLError) as exc:
             sock.close()
             raise HttpError("connect", f"{type(exc).__name__}: {exc}") from None
+        except BaseException:  # killed during the TLS handshake
+            sock.close()
+            raise
         return _Connection(sock)
 
     # -- one exchange --------------------------------------------------------------------
@@ -245,6 +255,11 @@ class RpcClient:
         except (OSError, ssl.SSLError) as exc:
             conn.close()
             raise HttpError("closed", f"{type(exc).__name__}: {exc}") from None
+        except BaseException:
+            # Killed in the middle of a call (a stop gives up on a slow peer):
+            # the connection is in an unknown state, and must not be left open.
+            conn.close()
+            raise
         if keep:
             self._release(conn)
         else:

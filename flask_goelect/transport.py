@@ -366,7 +366,12 @@ class HttpTransport:
             lean = session_factory is requests.Session
         self.lean = lean and not trust_env
         self._clients: dict[str, RpcClient] = {}
+        # Per peer, a session for status queries and, without the lean client,
+        # another for the RPCs: the runner may call peers from a thread of its own
+        # (a hub of its own, in a gevent-patched process), status queries come from
+        # the application's, and a kept-alive socket must stay with one of them.
         self._links: dict[str, _PeerLink] = {}
+        self._rpc_links: dict[str, _PeerLink] = {}
         self._lock = threading.Lock()
         self._closed = False
         # The last message encoded, and its body: a heartbeat round sends one
@@ -375,7 +380,7 @@ class HttpTransport:
         _LIVE_HTTP_TRANSPORTS.add(self)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._links)} sessions"
+        state = "closed" if self._closed else f"{len(self._links) + len(self._rpc_links)} sessions"
         return f"HttpTransport({self.url_prefix!r}, {state})"
 
     def send(self, peer: core.Peer, msg: Request, timeout: Timeout) -> Reply:
@@ -432,12 +437,29 @@ class HttpTransport:
         """Close every session; later calls raise :class:`TransportError`."""
         with self._lock:
             self._closed = True
-            links, self._links = self._links, {}
+            links = [*self._links.values(), *self._rpc_links.values()]
+            self._links, self._rpc_links = {}, {}
             clients, self._clients = self._clients, {}
-        for link in links.values():
+        for link in links:
             link.session.close()
         for client in clients.values():
             client.close()
+
+    def drop_connections(self) -> None:
+        """Close the kept-alive connections of the RPCs (not of status queries);
+        the next call opens new ones.
+
+        The runner calls it from the thread that made the RPCs, when it stops
+        calling peers: in a gevent-patched process their sockets belong to that
+        thread's hub, and must be closed there, before the hub goes away.
+        """
+        with self._lock:
+            links, self._rpc_links = self._rpc_links, {}
+            clients = list(self._clients.values())
+        for link in links.values():
+            link.session.close()
+        for client in clients:
+            client.drop_idle()
 
     def _client(self, peer: core.Peer) -> RpcClient:
         """The peer's lean client, made on first use (and again if its address changed)."""
@@ -575,7 +597,8 @@ class HttpTransport:
         with self._lock:
             if self._closed:
                 raise TransportError(f"cannot reach peer {peer.id!r}: the transport is closed")
-            link = self._links.get(peer.id)
+            links = self._rpc_links if path.startswith("/rpc/") else self._links
+            link = links.get(peer.id)
             if link is None or link.address != peer.address:
                 session = self._session_factory()
                 session.trust_env = self._trust_env
@@ -584,7 +607,7 @@ class HttpTransport:
                 session.mount("https://", adapter)
                 if link is not None:
                     link.session.close()
-                link = self._links[peer.id] = _PeerLink(peer.address, session)
+                link = links[peer.id] = _PeerLink(peer.address, session)
             route = link.routes.get((method, path))
             if route is None:
                 url = f"{peer.address.rstrip('/')}{self.url_prefix}{path}"
@@ -602,8 +625,9 @@ class HttpTransport:
         clients, self._clients = self._clients, {}
         for client in clients.values():
             client.forget_after_fork()  # this process's copies of the descriptors only
-        links, self._links = self._links, {}
-        for link in links.values():
+        links = [*self._links.values(), *self._rpc_links.values()]
+        self._links, self._rpc_links = {}, {}
+        for link in links:
             # Closes this process's copies of the descriptors only; best effort.
             with contextlib.suppress(Exception):
                 link.session.close()

@@ -78,11 +78,12 @@ def test_a_member_takes_the_elector_over_at_once_when_its_process_is_killed(
 
 def test_a_gevent_member_takes_over_in_its_hub(procs: list[NodeProc], state_file: Path) -> None:
     # Patched processes: the member waits in a real OS thread (a blocked fcntl in
-    # a greenlet would stop the hub), and the elector it takes over runs in the
-    # process's hub, like the one it replaces.
+    # a greenlet would stop the hub); the elector it takes over is started from
+    # the process's hub and runs like the one it replaces: its loop in a thread of
+    # its own, its signals and jobs in the hub.
     a = start(procs, state_file, GEVENT="1")
     b = start(procs, state_file, GEVENT="1")
-    assert a.ask("role")["mode"] == "hub" and b.ask("role")["role"] == "member"
+    assert a.ask("role")["mode"] == "thread+hub" and b.ask("role")["role"] == "member"
     assert a.ask("wait_leader 10")["is_leader"] is True
     assert b.ask("job")["result"] is None  # the hub keeps serving while the waiter waits
     killed = time.monotonic()
@@ -90,7 +91,7 @@ def test_a_gevent_member_takes_over_in_its_hub(procs: list[NodeProc], state_file
     record = wait_record(state_file, lambda r: r.pid == b.pid and r.running, 5)
     assert record is not None and time.monotonic() - killed < 0.25
     answer = b.ask("wait_role elector 5")
-    assert answer["role"] == "elector" and b.ask("role")["mode"] == "hub"
+    assert answer["role"] == "elector" and b.ask("role")["mode"] == "thread+hub"
     assert b.ask("wait_leader 10")["is_leader"] is True and b.ask("job")["result"] == "ran"
 
 

@@ -1,9 +1,11 @@
 """Tests of the runner: Electors with real gevent, in memory and over real HTTP on loopback.
 
 The test process is not monkey-patched, so every Elector here runs its loop in
-its own native thread (the "unpatched" mode); the patched mode (the loop in the
-server's hub) is tested in a subprocess that monkey-patches itself. Timings are
-short (election timeout 0.2-0.6 s) and the assertions' bounds generous.
+its own native thread and the rest in native threads (the "thread" mode); the
+patched mode (the loop and the calls to peers in a thread with a hub of its own,
+callbacks and leader tasks in the server's hub) is tested in subprocesses that
+monkey-patch themselves. Timings are short (election timeout 0.2-0.6 s) and the
+assertions' bounds generous.
 """
 
 from __future__ import annotations
@@ -221,7 +223,7 @@ def test_calls_to_every_peer_are_prepared_at_start(cluster):
     for elector in electors.values():
         transport = elector._transport  # type: ignore[attr-defined]
         # The lean client's per-peer clients (or requests' sessions without it).
-        prepared = transport._clients if transport.lean else transport._links
+        prepared = transport._clients if transport.lean else transport._rpc_links
         others = {p for p in electors if p != elector.node_id}
         assert wait_until(lambda prepared=prepared, others=others: set(prepared) == others, 5)
 
@@ -665,7 +667,7 @@ PATCHED_SCRIPT = textwrap.dedent(
     from gevent import monkey
     monkey.patch_all()
 
-    import json, socket, sys, time
+    import json, os, socket, sys, time
     import gevent
     from gevent import pywsgi
     from test_transport import rpc_app
@@ -680,8 +682,15 @@ PATCHED_SCRIPT = textwrap.dedent(
     peers = tuple(core.Peer(i, "http://127.0.0.1:%d" % listeners[i].getsockname()[1]) for i in ids)
     electors, servers, tasks = {}, [], {}
 
+    main_hub = gevent.get_hub()
+    in_main_hub = []
+
+    def threads():
+        return len(os.listdir("/proc/self/task"))
+
     def task(ctx):
         tasks[ctx.term] = gevent.getcurrent()
+        in_main_hub.append(gevent.get_hub() is main_hub)
         while True:
             gevent.sleep(0.01)
 
@@ -693,9 +702,11 @@ PATCHED_SCRIPT = textwrap.dedent(
                                    handler_class=NoDelayWSGIHandler, log=None)
         server.start()
         servers.append(server)
+    threads_before = threads()
     for e in electors.values():
         e.start()
     modes = sorted({e.mode for e in electors.values()})
+    threads_running = threads()
     info = electors["n1"].wait_for_leader(10)
     leader = electors[info.id]
     deadline = time.monotonic() + 5
@@ -718,6 +729,12 @@ PATCHED_SCRIPT = textwrap.dedent(
     }
     for e in others:
         e.stop(transfer=False)
+    deadline = time.monotonic() + 5
+    while threads() > threads_before and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    result.update(
+        threads=[threads_before, threads_running, threads()], task_in_main_hub=in_main_hub
+    )
     for s in servers:
         s.stop(timeout=0.1)
     print(json.dumps(result))
@@ -725,24 +742,38 @@ PATCHED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_patched_process_runs_the_election_in_the_servers_hub():
+def run_patched(script: str, *args: str, timeout: float = 60, **kw: Any) -> dict[str, Any]:
+    """Run ``script`` in a child Python that monkey-patches itself; its last line's JSON."""
     # The child imports test_transport from this folder, and what that imports
     # from the repository root.
     tests_dir = Path(__file__).resolve().parent
     path = os.pathsep.join([str(tests_dir), str(tests_dir.parent)])
     proc = subprocess.run(
-        [sys.executable, "-c", PATCHED_SCRIPT],
+        [sys.executable, "-W", "error", "-c", script, *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         env={**os.environ, "PYTHONPATH": path},
+        **kw,
     )
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["modes"] == ["hub"]
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_patched_process_runs_the_election_in_a_thread_of_its_own():
+    # The loop and the calls to peers run in a native thread with a hub of its
+    # own (a view that computes without yielding cannot starve them); leader
+    # tasks (and callbacks) stay greenlets of the server's hub, where they can
+    # be killed; every thread the electors started is gone once they stop.
+    result = run_patched(PATCHED_SCRIPT)
+    assert result["modes"] == ["thread+hub"]
     assert len(result["new_leader"]) == 1
     assert result["handover"] < 0.1, result  # T = 0.2 s; typically a few ms
     assert result["old_task_killed"], result
+    assert result["task_in_main_hub"] and all(result["task_in_main_hub"]), result
+    before, running, after = result["threads"]
+    assert running >= before + 3 and after == before, result
     assert result["errors"] == []
 
 
@@ -807,6 +838,71 @@ FORK_SCRIPT = textwrap.dedent(
 )
 
 
+PATCHED_FORK_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+
+    import json, os, socket, sys, warnings
+    import gevent
+    from gevent import pywsgi
+    from test_transport import rpc_app
+    from flask_goelect import core
+    from flask_goelect.runner import Elector
+    from flask_goelect.serving import NoDelayWSGIHandler
+    from flask_goelect.storage import MemoryStorage
+    from flask_goelect.transport import HttpTransport
+
+    ids = ("n1", "n2", "n3")
+    listeners = {i: socket.create_server(("127.0.0.1", 0)) for i in ids}
+    peers = tuple(core.Peer(i, "http://127.0.0.1:%d" % listeners[i].getsockname()[1]) for i in ids)
+    electors, servers = {}, []
+    for i in ids:
+        cfg = core.Config(i, peers, elect_timeout=0.2, heartbeat_interval=0.05)
+        electors[i] = Elector(cfg, MemoryStorage(), HttpTransport())
+        server = pywsgi.WSGIServer(listeners[i], rpc_app(electors[i]),
+                                   handler_class=NoDelayWSGIHandler, log=None)
+        server.start()
+        servers.append(server)
+    for e in electors.values():
+        e.start()
+    leader = electors[electors["n1"].wait_for_leader(10).id]
+    gevent.sleep(0.2)  # kept-alive connections to every peer, in the loop threads' hubs
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads: that is the point here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit code
+        code = 1
+        try:
+            # The parent's loop threads are gone: each elector forgot its run (and
+            # its transport the sockets of the parent's hubs); one starts again.
+            if all(not e.running and e.mode is None for e in electors.values()):
+                code = 2
+                leader.reset_after_fork()
+                if leader.running and leader.mode == "thread+hub":
+                    code = 3
+                    gevent.sleep(0.3)
+                    leader.stop(transfer=False)
+                    code = 0 if not leader.running and not leader.errors else 4
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    gevent.sleep(0.3)
+    result = {
+        "child": os.waitstatus_to_exitcode(status),
+        "leaders": [e.node_id for e in electors.values() if e.is_leader()],
+        "errors": [r.repr for e in electors.values() for r in e.errors],
+    }
+    for e in electors.values():
+        e.stop(transfer=False)
+    for s in servers:
+        s.stop(timeout=0.1)
+    print(json.dumps(result))
+    """
+)
+
+
 def test_a_leader_task_greenlet_does_not_run_on_in_a_forked_child(tmp_path: Path) -> None:
     # A patched process forks its hub with every greenlet in it: the leader
     # task's greenlet would go on in the child, a second process running it.
@@ -824,6 +920,130 @@ def test_a_leader_task_greenlet_does_not_run_on_in_a_forked_child(tmp_path: Path
     # The child's first pass may resume a task that looks at nothing (a timer due
     # at the fork); the kill comes at the end of that pass: one run at most.
     assert result["loop_runs_in_child"] <= 1, result
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_patched_fork_child_forgets_the_parent_loop_and_can_restart():
+    # In a patched process the election runs in native threads, which a fork does
+    # not copy: the child forgets them (and the sockets bound to their hubs) and
+    # can start an elector again; the parent's cluster goes on.
+    result = run_patched(PATCHED_FORK_SCRIPT)
+    assert result["child"] == 0, result
+    assert len(result["leaders"]) == 1, result
+    assert result["errors"] == [], result
+
+
+BUSY_NODE_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+
+    import json, socket, sys, time
+    import gevent
+    from gevent import pywsgi
+    from test_transport import rpc_app
+    from flask_goelect import core
+    from flask_goelect.runner import Elector
+    from flask_goelect.serving import NoDelayWSGIHandler
+    from flask_goelect.storage import MemoryStorage
+    from flask_goelect.transport import HttpTransport
+
+    me, fd, addresses, t, start_at, busy = sys.argv[1:]
+    t, start_at, busy = float(t), float(start_at), float(busy)
+    peers = tuple(core.Peer(i, a) for i, a in sorted(json.loads(addresses).items()))
+    cfg = core.Config(me, peers, elect_timeout=t, heartbeat_interval=t / 4)
+    elector = Elector(cfg, MemoryStorage(), HttpTransport())
+    seen = []  # every (term, leader) this node published
+    elector.add_listener(lambda s: seen.append((s.term, s.leader_id, s.state)))
+    server = pywsgi.WSGIServer(socket.socket(fileno=int(fd)), rpc_app(elector),
+                               handler_class=NoDelayWSGIHandler, log=None)
+    server.start()
+    elector.start()
+
+    def compute(seconds):  # a view that never yields: it holds the server's hub
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    def sleep_until(when):
+        gevent.sleep(max(0.0, when - time.monotonic()))
+
+    sleep_until(start_at)
+    snap = elector.snapshot
+    before = (snap.term, snap.leader_id)
+    mark = len(seen)
+    # The leader computes first, then the first follower (by id).
+    followers = sorted(p.id for p in peers if p.id != snap.leader_id)
+    for phase, who in enumerate((snap.leader_id, followers[0] if followers else None)):
+        sleep_until(start_at + phase * (busy + 1.5 * t * 4))
+        if who == me:
+            gevent.spawn(compute, busy).join()
+    sleep_until(start_at + 2 * (busy + 1.5 * t * 4))
+    snap = elector.snapshot
+    calls = elector.status()["calls"]
+    print(json.dumps({
+        "node": me,
+        "before": before,
+        "after": (snap.term, snap.leader_id),
+        "seen": seen[mark:],
+        "heartbeats": {p: c.get("Heartbeat") for p, c in calls.items()},
+        "errors": [r.repr for r in elector.errors],
+    }))
+    elector.stop(transfer=False)
+    server.stop(timeout=0.1)
+    """
+)
+
+
+def test_a_busy_greenlet_does_not_cost_the_leadership():
+    # Three patched processes. The leader's server hub, then a follower's, is
+    # held by a greenlet that computes for 5 election timeouts without yielding
+    # (a CPU-bound view under gunicorn -k gevent). The leader's heartbeats go on
+    # from the election's own thread, and a follower that cannot answer is
+    # refused by the others (pre-vote, stickiness): the same leader in the same
+    # term throughout. (With the loop in the server's hub, the leader's lost its
+    # leadership a few hundred milliseconds into the computation.)
+    t, busy = 0.4, 2.0
+    listeners = {i: socket.create_server(("127.0.0.1", 0)) for i in IDS}
+    addresses = {i: f"http://127.0.0.1:{s.getsockname()[1]}" for i, s in listeners.items()}
+    start_at = time.monotonic() + 6.0  # time to start, elect, and settle
+    tests_dir = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir), str(tests_dir.parent)])}
+    procs = []
+    try:
+        for i in IDS:
+            fd = listeners[i].fileno()
+            args = [i, str(fd), json.dumps(addresses), str(t), repr(start_at), str(busy)]
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-W", "error", "-c", BUSY_NODE_SCRIPT, *args],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                    pass_fds=(fd,),
+                )
+            )
+        for s in listeners.values():
+            s.close()
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        for s in listeners.values():
+            s.close()
+    assert all(p.returncode == 0 for p in procs), [err[-3000:] for _, err in outs]
+    results = {r["node"]: r for r in (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)}
+    term, leader = results["n1"]["before"]
+    assert leader is not None, results
+    for node, r in results.items():
+        assert r["before"] == [term, leader], results
+        # Never another term, never another leader: not even for a moment.
+        assert r["after"] == [term, leader], (node, results)
+        assert all(s[0] == term and s[1] in (leader, None) for s in r["seen"]), (node, results)
+        assert r["errors"] == [], results
 
 
 class HeldStorage(MemoryStorage):

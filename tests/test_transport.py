@@ -486,7 +486,7 @@ def test_http_prepare_sets_up_a_peer_without_calling_it(servers, http):
     if http.lean:
         assert "n2" in http._clients
     else:
-        assert set(http._links["n2"].routes) == {
+        assert set(http._rpc_links["n2"].routes) == {
             ("POST", "/rpc/vote"),
             ("POST", "/rpc/heartbeat"),
             ("POST", "/rpc/timeout-now"),

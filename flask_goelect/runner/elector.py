@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import random
-import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -54,7 +53,7 @@ from ..storage import Storage
 from ..transport import Transport
 from .callbacks import CallbackDispatcher, OnTransition
 from .publish import Publisher
-from .runtime import LoopWaker, Runtime, is_patched
+from .runtime import LOOP_THREAD_GRACE, HubLock, LoopWaker, Runtime, is_patched
 from .senders import PeerSenders
 from .tasks import LeaderTasks, TaskFunc
 
@@ -187,8 +186,9 @@ class Elector:
         self._voters = tuple(sorted(config.voters))
         self._observers = tuple(sorted(config.observers))
         self._tasks = LeaderTasks(self.node_id, self.log)
-        # Lifecycle; _life_lock guards the flags only and is never held while waiting.
-        self._life_lock = threading.Lock()
+        # Lifecycle; _life_lock guards the flags (and a start). A HubLock: the loop's
+        # thread takes it too (a fatal failure halts the elector from there).
+        self._life_lock = HubLock()
         self._running = False
         self._stopping = False
         self._closed = False
@@ -216,11 +216,16 @@ class Elector:
 
     @property
     def mode(self) -> str | None:
-        """``"hub"`` (greenlets in the current hub), ``"thread"`` (own thread), or None."""
+        """Where the election runs, or None when stopped. ``"thread"``: the loop
+        in a native thread of its own, calls to peers, callbacks and leader tasks
+        in native threads (a process that is not monkey-patched).
+        ``"thread+hub"``: the loop and the calls to peers in a native thread with
+        a hub of its own, callbacks and leader tasks in the server's hub (a
+        gevent-patched process). See :mod:`flask_goelect.runner.runtime`."""
         run = self._run
         if run is None or not self._running:
             return None
-        return "hub" if run.rt.patched else "thread"
+        return run.rt.where
 
     def add_listener(self, listener: Callable[[Snapshot], None]) -> None:
         """Call ``listener(snapshot)`` with every new snapshot, where it is made
@@ -369,16 +374,24 @@ class Elector:
                             ],
                             self._pub.current,
                         )
-                run.senders.start()
                 run.loop_worker = rt.start_loop(
-                    f"goelect-{self.node_id}-loop", lambda event: self._loop(run, event), run.waker
+                    f"goelect-{self.node_id}-loop",
+                    lambda event: self._loop(run, event),
+                    run.waker,
+                    on_exit=self._drop_connections,
                 )
+                # After the loop: patched, the senders are greenlets of its hub.
+                run.senders.start()
             except BaseException:
                 self._running = False
                 self._gen += 1
                 self._pub.publish(self._pub.stopped(node.term))
                 raise
-        mode = "the current hub" if patched else "its own thread"
+        mode = (
+            "its own thread (callbacks and leader tasks in the server's hub)"
+            if patched
+            else "its own thread"
+        )
         self.log.info(
             "goelect %s: started in %s (term %d, voted for %s): %s",
             self.node_id,
@@ -486,8 +499,20 @@ class Elector:
                 "goelect %s: a leader task was still running when the elector stopped",
                 self.node_id,
             )
-        if rt.patched:
-            run.waker.detach()
+        # Patched: the loop's thread ends once its senders have (they were killed
+        # at the deadline at the latest), after closing their connections.
+        if not rt.join_loop_thread(remaining() + LOOP_THREAD_GRACE):
+            self.log.warning(
+                "goelect %s: the election's thread was still running when the elector stopped",
+                self.node_id,
+            )
+
+    def _drop_connections(self) -> None:
+        # In the loop's thread, at its end: the connections of the calls to peers
+        # belong to its hub, which is about to be destroyed.
+        drop = getattr(self._transport, "drop_connections", None)
+        if drop is not None:
+            drop()
 
     def reset_after_fork(self) -> None:
         """Restart this elector in a forked child process.
@@ -506,7 +531,7 @@ class Elector:
         # greenlets that did survive (a patched process) see a new generation and
         # end without doing anything. Locks are replaced: one may have been held.
         self._gen += 1
-        self._life_lock = threading.Lock()
+        self._life_lock = HubLock()
         self._running = False
         self._stopping = False
         self._pid = None

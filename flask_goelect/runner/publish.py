@@ -10,13 +10,13 @@ other processes of the node) are told of each one.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from .. import core
 from ..state import STATE_OF_ROLE, Snapshot, State
+from .runtime import native_lock
 
 __all__ = ["Publisher"]
 
@@ -30,7 +30,7 @@ class Publisher:
         self.observers = observers
         #: Called with every new snapshot, in the publishing thread (must not block).
         self.listeners: list[Callable[[Snapshot], None]] = []
-        self._lock = threading.Lock()
+        self._lock = native_lock()  # held for a list's append or remove only
         self._waiters: list[Any] = []
         self.current = self.stopped(0)
 
@@ -120,6 +120,6 @@ class Publisher:
 
     def forget_after_fork(self) -> None:
         """In a forked child: the parent's waiters are gone; a lock may have been held."""
-        self._lock = threading.Lock()
+        self._lock = native_lock()  # held for a list's append or remove only
         self._waiters = []
         self.current = self.stopped(self.current.term)

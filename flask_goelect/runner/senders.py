@@ -136,7 +136,7 @@ class PeerSenders:
     def start(self) -> None:
         name = f"goelect-{self.node_id}-send"
         for peer_id in self._peers:
-            self._workers[peer_id] = self._rt.spawn(f"{name}-{peer_id}", self._run, peer_id)
+            self._workers[peer_id] = self._rt.spawn_io(f"{name}-{peer_id}", self._run, peer_id)
 
     def put(self, peer_id: str, seq: int, msg: Request) -> None:
         box = self._boxes.get(peer_id)
