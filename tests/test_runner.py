@@ -933,6 +933,63 @@ def test_patched_fork_child_forgets_the_parent_loop_and_can_restart():
     assert result["errors"] == [], result
 
 
+PATCHED_HELD_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+
+    import json, time
+    import gevent
+    from flask_goelect import core
+    from flask_goelect.runner import Elector
+    from flask_goelect.storage import MemoryStorage
+    from flask_goelect.transport import MemoryTransport
+
+    main_hub = gevent.get_hub()
+    saves, told = [], []
+
+    class SlowStorage(MemoryStorage):
+        def save(self, state):
+            if state.term >= 1:
+                saves.append(gevent.get_hub() is main_hub)
+                time.sleep(0.3)  # patched: yields to the hub of the thread that saves
+            super().save(state)
+
+    def on_transition(t, snap):
+        told.append([gevent.get_hub() is main_hub, t.role.value, t.term,
+                     storage.state.term, elector.is_leader()])
+
+    storage = SlowStorage()
+    cfg = core.Config("solo", (core.Peer("solo"),), elect_timeout=0.2, heartbeat_interval=0.05)
+    elector = Elector(cfg, storage, MemoryTransport(), on_transition=on_transition)
+    elector.start()
+    deadline = time.monotonic() + 10
+    while not any(role == "leader" for _, role, *_ in told) and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    result = {"mode": elector.mode, "saves": saves, "told": told,
+              "errors": [r.repr for r in elector.errors]}
+    elector.stop(transfer=False)
+    print(json.dumps(result))
+    """
+)
+
+
+def test_patched_callbacks_wait_for_the_save_and_run_in_the_server_hub():
+    # A one-voter cluster becomes candidate and leader in one step of the loop,
+    # in the loop's thread, whose save then holds the callbacks back. Once the
+    # term is on disk they are started from that thread, as greenlets of the
+    # server's hub, in order; the one told of the leadership finds it.
+    result = run_patched(PATCHED_HELD_SCRIPT)
+    assert result["mode"] == "thread+hub", result
+    assert result["saves"] and not any(result["saves"]), result  # saved in the loop's thread
+    told = result["told"]
+    assert [role for _, role, *_ in told] == ["pre-candidate", "candidate", "leader"], result
+    assert all(in_main_hub for in_main_hub, *_ in told), result
+    assert all(saved >= term for _, _, term, saved, _ in told), result
+    assert told[-1] == [True, "leader", 1, 1, True], result
+    assert result["errors"] == [], result
+
+
 BUSY_NODE_SCRIPT = textwrap.dedent(
     """
     from gevent import monkey
