@@ -1,7 +1,8 @@
 """The runner: the only gevent code. It drives the election core with real time and peers.
 
-* :mod:`.runtime`: where work runs (greenlets of the server's hub in a
-  monkey-patched process, else native threads and a hub of the loop's own);
+* :mod:`.runtime`: where work runs (the loop in a native thread with a hub of
+  its own; in a monkey-patched process the calls to peers there too, callbacks
+  and leader tasks in the server's hub; else native threads);
 * :mod:`.senders`: one mailbox and one sender per peer;
 * :mod:`.callbacks`: the state-change callbacks, off the loop and bounded;
 * :mod:`.tasks`: leader tasks and their :class:`LeaderContext`;
