@@ -197,6 +197,12 @@ class HubEvent:
     def clear(self) -> None:
         self._flag = False
 
+    def set_in_child(self) -> None:
+        """In a forked child: set the flag, taking no lock and waking no one (a
+        thread of the parent may have held the lock at the fork; its waiters are
+        gone, and those of this process are killed by whoever calls this)."""
+        self._flag = True
+
     def wait(self, timeout: float | None = None) -> bool:
         if self._flag:
             return True
@@ -358,6 +364,15 @@ class HubWorker:
         """Kill it (where it runs, without waiting); it may not have started yet."""
         if not self.done.is_set():
             _call_in(self.hub, self._kill_here)
+
+    def kill_in_child(self) -> None:
+        """In a forked child: kill the copy of the greenlet that the fork made (a
+        greenlet of the forking thread's hub; those of other hubs are gone), and
+        keep a start still queued in that hub from running it. Takes no lock."""
+        self._killed = True
+        greenlet = self.greenlet
+        if greenlet is not None and not greenlet.dead and _hub_if_any() is self.hub:
+            greenlet.kill(block=False)
 
     def _kill_here(self) -> None:
         self._killed = True

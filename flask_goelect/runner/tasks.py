@@ -18,10 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import gevent  # type: ignore[import-untyped]
-
 from ..state import Snapshot, State
-from .runtime import Event, Runtime
+from .runtime import Event, HubEvent, HubWorker, Runtime
 
 __all__ = ["LeaderContext", "LeaderTasks", "TaskFunc"]
 
@@ -160,12 +158,12 @@ class LeaderTasks:
         self._term = None
         self._workers = {}
         self._ending = []
-        for ctx, worker in workers:
-            if isinstance(worker, gevent.Greenlet):
-                ctx.cancelled.set()
+        for ctx, _ in workers:
+            if isinstance(ctx.cancelled, HubEvent):
+                ctx.cancelled.set_in_child()
         for worker in [w for _, w in workers] + ending:
-            if isinstance(worker, gevent.Greenlet) and not worker.dead:
-                worker.kill(block=False)
+            if isinstance(worker, HubWorker):
+                worker.kill_in_child()
 
     def _run(
         self, func: TaskFunc, ctx: LeaderContext, record: Callable[[str, BaseException | str], None]
