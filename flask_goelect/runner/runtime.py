@@ -31,6 +31,7 @@ comes from :class:`Runtime`, so that the two modes share all the other code.
 from __future__ import annotations
 
 import collections
+import contextlib
 import queue
 import threading
 import time
@@ -170,6 +171,24 @@ class _Wakeup:
             self._lock.release()
         except RuntimeError:  # woken twice
             pass
+
+
+class _Started:
+    """Set once from any thread; :meth:`wait` blocks the calling OS thread (its
+    hub too): only for what takes milliseconds."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = _allocate_lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        with contextlib.suppress(RuntimeError):  # set twice
+            self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        return bool(self._lock.acquire(True, timeout))
 
 
 class HubEvent:
@@ -496,7 +515,11 @@ class Runtime:
         when the loop is over it waits for them, then calls ``on_exit()`` (to
         close their connections, which belong to its hub) and ends.
         """
-        ready = threading.Event() if not self.patched else HubEvent()
+        # Patched, the wait blocks the server's hub (for the few milliseconds a
+        # thread takes to start) rather than yield it: a request served meanwhile
+        # would find the elector neither stopped nor started (the node's view of
+        # a process that is still becoming its elector says term 0).
+        ready: Event | _Started = threading.Event() if not self.patched else _Started()
         box: list[Any] = []
         args = (name, run, waker, ready, box, on_exit)
         if self.patched:
@@ -516,7 +539,7 @@ class Runtime:
         name: str,
         run: Callable[[Any], None],
         waker: LoopWaker,
-        ready: Event,
+        ready: Event | _Started,
         box: list[Any],
         on_exit: Callable[[], None] | None,
     ) -> None:
