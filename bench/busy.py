@@ -18,6 +18,13 @@ follower), then reports:
     python -m bench.busy --server-args="-k gevent -w 1" --cpu --ms 2500 --clients 1
     python -m bench.busy --elect-timeout 200 --heartbeat 50 --ms 500
     python -m bench.busy --server-args="-k gevent -w 1" --cpu --ms 20000 --target follower
+    python -m bench.busy --server-args="-k gevent -w 1" --cpu --ms 60 --duty 0.6 --clients 1
+
+``--duty D`` keeps each client's worker busy for a fraction ``D`` of the time
+(a pause after each request, of its length times ``(1 - D) / D``): with
+``--cpu``, one client per node at ``--duty 0.6`` is an app computing at about
+60 % of a core. Each node's CPU during the load (its whole process group) is
+reported.
 
 Timing defaults are the library's (election timeout 2000 ms, heartbeat 200 ms):
 the case users live in.
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import shlex
 import sys
 import threading
@@ -39,9 +47,12 @@ from typing import Any
 from goelect_harness.cluster import LocalCluster
 
 
-def _load(address: str, ms: float, cpu: bool, stop: threading.Event, counts: Any) -> None:
+def _load(
+    address: str, ms: float, cpu: bool, duty: float, stop: threading.Event, counts: Any
+) -> None:
     url = f"{address}/slow?ms={ms:g}" + ("&cpu=1" if cpu else "")
     while not stop.is_set():
+        began = time.monotonic()
         try:
             with urllib.request.urlopen(url, timeout=ms / 1000 + 30) as response:
                 response.read()
@@ -49,6 +60,26 @@ def _load(address: str, ms: float, cpu: bool, stop: threading.Event, counts: Any
         except (urllib.error.URLError, OSError):
             counts["failed"] += 1
             stop.wait(0.05)
+            continue
+        if duty < 1.0:
+            stop.wait((time.monotonic() - began) * (1.0 - duty) / duty)
+
+
+def _group_cpu_seconds(pgid: int) -> float:
+    """User plus system CPU time so far of the live processes of process group ``pgid``."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,16 +110,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         threads = [
             threading.Thread(
                 target=_load,
-                args=(cluster.nodes[n].address, args.ms, args.cpu, stop, counts),
+                args=(cluster.nodes[n].address, args.ms, args.cpu, args.duty, stop, counts),
                 daemon=True,
             )
             for n in targets
             for _ in range(args.clients)
         ]
+        groups = {n: cluster.nodes[n].pid for n in cluster.nodes}
+        cpu_before = {n: _group_cpu_seconds(g) for n, g in groups.items() if g}
         started = time.monotonic()
         for thread in threads:
             thread.start()
         time.sleep(args.seconds)
+        cpu_after = {n: _group_cpu_seconds(g) for n, g in groups.items() if g}
+        loaded = time.monotonic() - started
         stop.set()
         for thread in threads:
             thread.join(args.ms / 1000 + 35)
@@ -107,7 +142,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "server": f"{args.server} {args.server_args}".strip(),
             "load": f"{len(threads)} clients on {where} of GET /slow?ms={args.ms:g}"
-            + ("&cpu=1" if args.cpu else ""),
+            + ("&cpu=1" if args.cpu else "")
+            + (f", busy {args.duty:.0%} of the time" if args.duty < 1.0 else ""),
+            "cpu_percent_per_node": {
+                n: round(100 * (cpu_after[n] - cpu_before[n]) / loaded, 1)
+                for n in sorted(cpu_after)
+                if n in cpu_before
+            },
             "elect_timeout_ms": args.elect_timeout,
             "heartbeat_ms": args.heartbeat,
             "seconds": round(duration, 1),
@@ -133,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", action="store_true", help="compute instead of waiting")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients per node")
     parser.add_argument(
+        "--duty",
+        type=float,
+        default=1.0,
+        help="fraction of the time each client keeps its request running (default 1)",
+    )
+    parser.add_argument(
         "--target",
         "--nodes",
         dest="target",
@@ -146,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--elect-timeout", type=int, default=2000)
     parser.add_argument("--heartbeat", type=int, default=200)
     args = parser.parse_args(argv)
+    if not 0.0 < args.duty <= 1.0:
+        parser.error("--duty must be more than 0 and at most 1")
     print(json.dumps(run(args), indent=2))
     return 0
 

@@ -40,6 +40,11 @@ pytestmark = pytest.mark.system
 ELECT_TIMEOUT = 1000
 HEARTBEAT = 100
 JOB_INTERVAL = 100
+#: How often the watcher asks the nodes' /status: each ask is a request to a
+#: worker, and counts towards --max-requests like the traffic's. Asked every
+#: 10 ms, the watcher alone recycled each worker (and the elector) more often
+#: than the election timeout.
+POLL = 0.1
 
 
 @dataclass
@@ -98,12 +103,14 @@ def watch_leaders(cluster: LocalCluster, seconds: float, result: RecycleResult) 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            view = cluster.wait_for_leader(timeout=min(5.0, max(0.1, deadline - time.monotonic())))
+            view = cluster.wait_for_leader(
+                timeout=min(5.0, max(0.1, deadline - time.monotonic())), poll=POLL
+            )
         except ClusterError:
             continue
         if not result.leaders or result.leaders[-1] != (view.id, view.term):
             result.leaders.append((view.id, view.term))
-        time.sleep(0.05)
+        time.sleep(POLL)
 
 
 def finish(cluster: LocalCluster, result: RecycleResult) -> None:
@@ -141,7 +148,7 @@ def run_max_requests(seconds: float) -> RecycleResult:
         log_level="WARNING",
     ) as cluster:
         cluster.start(timeout=60)
-        cluster.wait_for_leader(20)
+        cluster.wait_for_leader(20, poll=POLL)
         # About 10 requests a second per node: each worker recycles every few
         # seconds, the jitter keeps them from all going at once (see docs).
         with Traffic(cluster, per_node=1, pause=0.1) as traffic:
@@ -165,7 +172,7 @@ def run_hup(rounds: int) -> RecycleResult:
         cluster.start(timeout=60)
         with Traffic(cluster) as traffic:
             for _ in range(rounds):
-                leader = cluster.wait_for_leader(20)
+                leader = cluster.wait_for_leader(20, poll=POLL)
                 result.leaders.append((leader.id, leader.term))
                 cluster.signal(leader.id, signal.SIGHUP)
                 watch_leaders(cluster, 3.0, result)
