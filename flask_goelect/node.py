@@ -58,7 +58,7 @@ from .messages import Reply, Request
 from .rpc import MAX_BODY, Body, Headers, RpcServer, StatusRead
 from .runner import Elector, TaskFunc
 from .runner.callbacks import OnTransition
-from .runner.runtime import in_main_hub, start_native_thread
+from .runner.runtime import call_after_patch_all, in_main_hub, is_patched, start_native_thread
 from .shared import NodeRecord, SharedRecord, record_path
 from .state import (
     ErrorRecord,
@@ -244,6 +244,21 @@ def prefork_worker() -> bool:
         code = frame.f_code
         if code.co_name == "spawn_worker" and code.co_filename.endswith(arbiter):
             return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def _gunicorn_gevent_worker() -> bool:
+    """Whether this process is a gunicorn worker of a gevent worker class, forked by
+    its master and not yet patched (it patches itself once its master forked it)."""
+    frame = sys._getframe(1)
+    arbiter = os.path.join("gunicorn", "arbiter.py")
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "spawn_worker" and code.co_filename.endswith(arbiter):
+            worker_class = getattr(frame.f_locals.get("self"), "worker_class", None)
+            mro = getattr(worker_class, "__mro__", ())
+            return any(c.__module__.startswith("gunicorn.workers.ggevent") for c in mro)
         frame = frame.f_back  # type: ignore[assignment]
     return False
 
@@ -1028,7 +1043,12 @@ class NodeRunner:
             self._refresh_view()
             # Last: the other threads of this process take the fast path from now on.
             self._pid = os.getpid()
-        if join:
+        if join and not is_patched() and _gunicorn_gevent_worker():
+            # gunicorn --preload -k gevent: the worker patches itself after the
+            # fork; an elector started now would run on the original threads and
+            # sockets under a process that cooperates (seconds-long failovers).
+            call_after_patch_all(self._join_deferred)
+        elif join:
             self._join_deferred()
 
     def _join_deferred(self) -> None:

@@ -84,6 +84,27 @@ def is_patched() -> bool:
     return bool(gevent.monkey.is_module_patched("socket"))
 
 
+def call_after_patch_all(func: Callable[[], None]) -> None:
+    """Call ``func()`` once, as soon as gevent's ``monkey.patch_all()`` has patched
+    this process (in the thread that patches it, at the end of the patching).
+
+    For a process forked by a server's master before its worker patches itself
+    (gunicorn ``--preload -k gevent``): what starts before the patching would
+    run on the original threads and sockets while the rest of the process
+    cooperates.
+    """
+    import gevent.events  # type: ignore[import-untyped]
+    import zope.event  # type: ignore[import-untyped]
+
+    def subscriber(event: object) -> None:
+        if isinstance(event, gevent.events.GeventDidPatchAllEvent):
+            with contextlib.suppress(ValueError):
+                zope.event.subscribers.remove(subscriber)
+            func()
+
+    zope.event.subscribers.append(subscriber)
+
+
 def native_lock() -> Any:
     """A lock of the OS, even in a monkey-patched process.
 
