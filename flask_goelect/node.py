@@ -413,6 +413,8 @@ class ProcessGate(InFlight):
     def enter(self) -> bool:
         if not super().enter():
             return False
+        if self._runner._role is Role.ELECTOR:  # the hot path: nothing to publish
+            return True
         target = self._slot()
         if target is None:
             return True
@@ -427,7 +429,9 @@ class ProcessGate(InFlight):
         return True
 
     def leave(self) -> None:
-        super().leave()
+        self._running.pop()
+        if self._runner._role is Role.ELECTOR:
+            return
         target = self._slot()
         if target is not None:
             self._publish(target)
