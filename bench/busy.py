@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
-import os
 import shlex
 import sys
 import threading
@@ -44,7 +44,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from goelect_harness.cluster import LocalCluster
+from goelect_harness.cluster import LocalCluster, process_cpu_seconds
 
 
 def _load(
@@ -65,20 +65,13 @@ def _load(
             stop.wait((time.monotonic() - began) * (1.0 - duty) / duty)
 
 
-def _group_cpu_seconds(pgid: int) -> float:
-    """User plus system CPU time so far of the live processes of process group ``pgid``."""
+def _node_cpu_seconds(cluster: LocalCluster, node_id: str) -> float:
+    """CPU time so far of the node's live processes: the one started and its workers."""
+    pid = cluster.nodes[node_id].pid
     total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for p in ([pid] if pid else []) + cluster.worker_pids(node_id):
+        with contextlib.suppress(OSError, ValueError):
+            total += process_cpu_seconds(p)
     return total
 
 
@@ -116,13 +109,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for n in targets
             for _ in range(args.clients)
         ]
-        groups = {n: cluster.nodes[n].pid for n in cluster.nodes}
-        cpu_before = {n: _group_cpu_seconds(g) for n, g in groups.items() if g}
+        cpu_before = {n: _node_cpu_seconds(cluster, n) for n in cluster.nodes}
         started = time.monotonic()
         for thread in threads:
             thread.start()
         time.sleep(args.seconds)
-        cpu_after = {n: _group_cpu_seconds(g) for n, g in groups.items() if g}
+        cpu_after = {n: _node_cpu_seconds(cluster, n) for n in cluster.nodes}
         loaded = time.monotonic() - started
         stop.set()
         for thread in threads:
