@@ -128,12 +128,9 @@ def _newest_generation() -> int | None:
             if not entry.isdigit() or int(entry) == me:
                 continue
             try:
-                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
+                fields = _stat(int(entry))
             except OSError:
                 continue
-            # fields[0] is the state (field 3), fields[1] the parent (field 4),
-            # fields[19] the start time (field 22), in clock ticks since boot.
             started = int(fields[19])
             if (
                 int(fields[1]) == master
@@ -155,9 +152,16 @@ def _newest_generation() -> int | None:
 _GENERATION_TICKS = 100
 
 
-def _start_time(pid: int) -> int:
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name: ``[0]`` is the
+    state (field 3), ``[1]`` the parent (field 4), ``[19]`` the start time in
+    clock ticks since boot (field 22). :raises OSError: no such process."""
     with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[19])
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _start_time(pid: int) -> int:
+    return int(_stat(pid)[19])
 
 
 def tls_session(settings: Settings) -> requests.Session:
@@ -238,29 +242,28 @@ def prefork_worker() -> bool:
     worker_id = server_worker_id()
     if worker_id is not None:
         return worker_id > 0
+    return _spawn_worker_frame() is not None
+
+
+def _spawn_worker_frame() -> Any:
+    """The frame of gunicorn's ``Arbiter.spawn_worker`` this process runs in, if any."""
     frame = sys._getframe(1)
     arbiter = os.path.join("gunicorn", "arbiter.py")
     while frame is not None:
         code = frame.f_code
         if code.co_name == "spawn_worker" and code.co_filename.endswith(arbiter):
-            return True
+            return frame
         frame = frame.f_back  # type: ignore[assignment]
-    return False
+    return None
 
 
 def _gunicorn_gevent_worker() -> bool:
     """Whether this process is a gunicorn worker of a gevent worker class, forked by
-    its master and not yet patched (it patches itself once its master forked it)."""
-    frame = sys._getframe(1)
-    arbiter = os.path.join("gunicorn", "arbiter.py")
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "spawn_worker" and code.co_filename.endswith(arbiter):
-            worker_class = getattr(frame.f_locals.get("self"), "worker_class", None)
-            mro = getattr(worker_class, "__mro__", ())
-            return any(c.__module__.startswith("gunicorn.workers.ggevent") for c in mro)
-        frame = frame.f_back  # type: ignore[assignment]
-    return False
+    its master (it patches itself once forked)."""
+    frame = _spawn_worker_frame()
+    worker_class = getattr(frame.f_locals.get("self") if frame else None, "worker_class", None)
+    mro = getattr(worker_class, "__mro__", ())
+    return any(c.__module__.startswith("gunicorn.workers.ggevent") for c in mro)
 
 
 def server_worker_id() -> int | None:
@@ -429,8 +432,8 @@ class ProcessGate(InFlight):
         return True
 
     def leave(self) -> None:
-        self._running.pop()
-        if self._runner._role is Role.ELECTOR:
+        self._running.pop()  # InFlight.leave, inline: it runs on every call
+        if self._runner._role is Role.ELECTOR:  # the hot path: nothing to publish
             return
         target = self._slot()
         if target is not None:
@@ -482,14 +485,12 @@ def _alive(pid: int) -> bool:
 def _serving(pid: int) -> bool:
     """Whether ``pid`` is alive and not stopped (``SIGSTOP``, a tracer) nor a zombie
     (Linux: its state in ``/proc``; elsewhere, alive is enough)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            status = f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return _alive(pid) if not os.path.isdir("/proc/self") else False
-    except (OSError, IndexError):
+    if not os.path.isdir("/proc/self"):
         return _alive(pid)
-    return status not in ("T", "t", "Z", "X")
+    try:
+        return _stat(pid)[0] not in ("T", "t", "Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 class NodeRunner:
