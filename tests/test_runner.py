@@ -1185,3 +1185,31 @@ def test_leader_tasks_end_when_the_lease_lapses_not_at_the_step_down(cluster):
     # 2 s after it: ending within half the gap of the lapse tells them apart.
     assert ends[leader.node_id] - lease_until < 0.45, (ends, lease_until)
     assert leader.snapshot.lease_until <= ends[leader.node_id]
+
+
+def test_a_callback_dispatcher_copied_into_a_forked_child_tells_nothing() -> None:
+    # A patched process forks the dispatcher's greenlet with its hub, with the
+    # changes still queued: a signal receiver must not run in the child. The pid
+    # the dispatcher was made in stands for the fork here.
+    import logging
+
+    from flask_goelect.runner.callbacks import CallbackDispatcher
+    from flask_goelect.runner.runtime import Runtime
+
+    told: list[core.Transition] = []
+    rt = Runtime(False, lambda name, exc: None)
+    log = logging.getLogger("test")
+    snap = Snapshot.stopped("n1", 0, ("n1",), ())
+    change = core.Transition(
+        core.Role.FOLLOWER, core.Role.LEADER, None, "n1", 1, 0.0, "won the election"
+    )
+    for pid_seen in (os.getpid(), -1):
+        dispatcher = CallbackDispatcher(
+            "n1", lambda t, s: told.append(t), 1.0, rt, record=lambda *a: None, log=log
+        )
+        dispatcher._pid = pid_seen  # -1: the worker runs in "another" process
+        dispatcher.enqueue([change], snap)
+        dispatcher.start()
+        dispatcher.stop()
+        dispatcher.join(5)
+    assert told == [change]  # told once: by the dispatcher of this process only

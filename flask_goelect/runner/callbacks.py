@@ -11,12 +11,13 @@ stalls its state machine).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import core
 from ..state import Snapshot
-from .runtime import Runtime
+from .runtime import HubWorker, Runtime
 
 __all__ = ["MAX_PENDING_CALLBACKS", "CallbackDispatcher", "OnTransition"]
 
@@ -49,6 +50,7 @@ class CallbackDispatcher:
         self.log = log
         self._queue: Any = runtime.queue()
         self._worker: Any = None
+        self._pid = os.getpid()
 
     def start(self) -> None:
         self._worker = self._rt.spawn(f"goelect-{self.node_id}-callbacks", self._run)
@@ -64,6 +66,13 @@ class CallbackDispatcher:
         """Let the worker end after the changes already queued."""
         self._queue.put(_STOP)
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: the parent's changes are not this process's to tell.
+        The worker's greenlet (a patched process forks it with its hub) is killed,
+        and whatever it still runs first finds the pid changed and tells nothing."""
+        if isinstance(self._worker, HubWorker):
+            self._worker.kill_in_child()
+
     def join(self, timeout: float) -> None:
         if not self._rt.join(self._worker, timeout):
             self._rt.abandon(self._worker)
@@ -72,8 +81,8 @@ class CallbackDispatcher:
         rt = self._rt
         while True:
             item = self._queue.get()
-            if item is _STOP:
-                return
+            if item is _STOP or os.getpid() != self._pid:
+                return  # stopped, or a copy of the worker in a forked child
             transition, snap = item
             worker = rt.spawn(f"goelect-{self.node_id}-callback", self._call, transition, snap)
             if not rt.join(worker, self.timeout):

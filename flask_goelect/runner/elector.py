@@ -530,6 +530,9 @@ class Elector:
         # Runs in the child right after fork(): the parent's threads are gone, and
         # greenlets that did survive (a patched process) see a new generation and
         # end without doing anything. Locks are replaced: one may have been held.
+        run = self._run
+        if run is not None and run.callbacks is not None:
+            run.callbacks.forget_after_fork()
         self._gen += 1
         self._life_lock = HubLock()
         self._running = False
