@@ -374,11 +374,12 @@ def bench_changes(
     system: System = GOELECT,
     phases: tuple[Figure, ...] | None = None,
     steady: tuple[Figure, ...] = (),
+    handover_phases: tuple[Figure, ...] | None = None,
 ) -> None:
     """SIGKILL rounds, then SIGKILL rounds after ``config.steady`` seconds of steady
     leadership (if ``steady`` has figures: the failover, then its phases), then
     SIGTERM rounds (unless ``handover`` is None), on one cluster (each victim
-    restarted). ``phases``: see :func:`_change_of_leader`."""
+    restarted). ``phases`` and ``handover_phases``: see :func:`_change_of_leader`."""
     with system.cluster(config) as cluster:
         cluster.start(timeout=config.bound)
         for round_no in range(1, config.rounds + 1):
@@ -402,7 +403,14 @@ def bench_changes(
             return
         for round_no in range(1, config.rounds + 1):
             _change_of_leader(
-                config, cluster, handover, round_no, cluster.terminate, "hand-over", system.leads
+                config,
+                cluster,
+                handover,
+                round_no,
+                cluster.terminate,
+                "hand-over",
+                system.leads,
+                handover_phases,
             )
         statuses = [
             e.data.get("returncode")
@@ -519,6 +527,13 @@ def make_figures(config: BenchConfig, system: System = GOELECT) -> dict[str, Fig
         "handover": Figure(
             "hand-over after SIGTERM of the leader", "ms", target="median <= 8 ms, p90 <= 15 ms"
         ),
+        "handover_ask": Figure(
+            "  hand-over part 1: SIGTERM -> the target's candidacy (drain, TimeoutNow, its write)",
+            "ms",
+        ),
+        "handover_elect": Figure("  hand-over part 2: candidacy -> new leader leads", "ms"),
+        "handover_won": Figure("    candidacy -> election won (the vote round)", "ms"),
+        "handover_lease": Figure("    election won -> leader acts (leader task runs)", "ms"),
         "leader_cpu": Figure("idle CPU, leader", "% of a core", target="<= 1 %" if ours else ""),
         "follower_cpu": Figure(
             "idle CPU, follower", "% of a core", target="<= 1 %" if ours else ""
@@ -527,7 +542,8 @@ def make_figures(config: BenchConfig, system: System = GOELECT) -> dict[str, Fig
         "spawn": Figure("node process: spawn -> serving (not in cold start)", "ms"),
     }
     if not system.hands_over:
-        del figures["handover"]
+        for key in [k for k in figures if k.startswith("handover")]:
+            del figures[key]
     if not ours:
         # pysyncobj leads the moment it wins: no lease to wait for.
         for key in ("overhead", "steady_won", "steady_lease"):
@@ -555,7 +571,20 @@ def measure(
             for k in ("steady", "steady_detect", "steady_elect", "steady_won", "steady_lease")
             if k in figures
         )
-        bench_changes(config, figures["failover"], figures.get("handover"), system, phases, steady)
+        handover_phases = tuple(
+            figures[k]
+            for k in ("handover_ask", "handover_elect", "handover_won", "handover_lease")
+            if k in figures
+        )
+        bench_changes(
+            config,
+            figures["failover"],
+            figures.get("handover"),
+            system,
+            phases,
+            steady,
+            handover_phases or None,
+        )
     elif part == "idle":
         _say(config, f"{label} idle CPU over {config.idle_seconds:g} s")
         bench_idle_cpu(config, figures["leader_cpu"], figures["follower_cpu"], system)

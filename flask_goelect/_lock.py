@@ -68,13 +68,14 @@ def lock_path(state_file: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + ".lock")
 
 
-def _try_lock(fd: int, byte: int, exclusive: bool = True) -> bool:
-    """Take a record lock on one byte without waiting; False if another process holds it."""
+def _try_lock(fd: int, byte: int, exclusive: bool = True, length: int = 1) -> bool:
+    """Take a record lock on ``length`` bytes from ``byte`` without waiting; False if
+    another process holds a lock there that conflicts."""
     if fcntl is None:  # pragma: no cover
         return True
     kind = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     try:
-        fcntl.lockf(fd, kind | fcntl.LOCK_NB, 1, byte)
+        fcntl.lockf(fd, kind | fcntl.LOCK_NB, length, byte)
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EAGAIN):
             return False
@@ -82,9 +83,30 @@ def _try_lock(fd: int, byte: int, exclusive: bool = True) -> bool:
     return True
 
 
-def _unlock(fd: int, byte: int) -> None:
+def _unlock(fd: int, byte: int, length: int = 1) -> None:
     if fcntl is not None:
-        fcntl.lockf(fd, fcntl.LOCK_UN, 1, byte)
+        fcntl.lockf(fd, fcntl.LOCK_UN, length, byte)
+
+
+def _held_by_others(fd: int, first: int, last: int) -> list[int]:
+    """The bytes in ``[first, last]`` on which another process holds an exclusive lock.
+
+    A shared lock on the whole range is tried first: taken (then dropped), no byte
+    of it is held, at the cost of two calls; refused, each half is looked at in
+    turn. A node's few members cost a few dozen calls, not two per byte of the
+    range. The caller's own locks must lie outside the range: a process's own
+    record locks never conflict with its new ones, they are replaced by them.
+    """
+    if first > last:
+        return []
+    length = last - first + 1
+    if _try_lock(fd, first, exclusive=False, length=length):
+        _unlock(fd, first, length)
+        return []
+    if first == last:
+        return [first]
+    middle = (first + last) // 2
+    return _held_by_others(fd, first, middle) + _held_by_others(fd, middle + 1, last)
 
 
 def read_token(state_file: str | os.PathLike[str]) -> str | None:
@@ -343,16 +365,13 @@ class LockFile:
 
     def other_members(self) -> list[int]:
         """The member bytes other live processes hold (who could take over)."""
-        found = []
         with self._lock:
-            for byte in range(1, MAX_MEMBERS + 1):
-                if byte == self.member_byte:
-                    continue
-                if _try_lock(self.fd, byte):
-                    _unlock(self.fd, byte)
-                else:
-                    found.append(byte)
-        return found
+            own = self.member_byte
+            if own is None:
+                return _held_by_others(self.fd, 1, MAX_MEMBERS)
+            return _held_by_others(self.fd, 1, own - 1) + _held_by_others(
+                self.fd, own + 1, MAX_MEMBERS
+            )
 
     # -- fork --------------------------------------------------------------------------------
 

@@ -196,6 +196,64 @@ def test_member_bytes_and_other_members(state_file: Path, holders: list[Holder])
         locks.disown(owner)
 
 
+BYTES_HOLDER = """
+import fcntl, os, sys
+from flask_goelect._lock import lock_path
+
+fd = os.open(lock_path(sys.argv[1]), os.O_RDWR | os.O_CREAT, 0o600)
+for byte in map(int, sys.argv[2].split(",")):
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+BYTE_PROBE = """
+import fcntl, os, sys
+from flask_goelect._lock import lock_path
+
+fd = os.open(lock_path(sys.argv[1]), os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2]))
+    print("free")
+except OSError:
+    print("held")
+"""
+
+
+def test_other_members_finds_every_byte_held_and_keeps_our_own(state_file: Path) -> None:
+    """The members are found by halving the range: scattered bytes, both ends of
+    it, and bytes on both sides of this process's own, which the look must not
+    drop (a shared lock over it would replace it)."""
+    held = [1, 2, 3, 5, 127, 128, 200, 255, 256]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BYTES_HOLDER, str(state_file), ",".join(map(str, held))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    locks, owner = lock_file(state_file), object()
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        assert locks.join(owner, "n1") == 4
+        for _ in range(2):
+            assert sorted(locks.other_members()) == held
+            probe = subprocess.run(
+                [sys.executable, "-c", BYTE_PROBE, str(state_file), "4"],
+                capture_output=True,
+                text=True,
+                env=child_env(),
+                timeout=30,
+            )
+            assert probe.stdout.strip() == "held", probe.stderr
+        proc.communicate(timeout=10)  # its locks go with it
+        assert locks.other_members() == []
+    finally:
+        proc.kill()
+        locks.leave()
+        locks.disown(owner)
+
+
 @pytest.mark.parametrize("fork", ["fork", "cfork"])
 def test_a_forked_child_keeps_no_lock_of_its_parent(
     state_file: Path, holders: list[Holder], fork: str

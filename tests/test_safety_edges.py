@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -145,8 +147,14 @@ def test_a_save_that_fails_after_the_rename_leaves_the_new_state_readable(
     state (later loads read it), but it may not survive a crash of the machine. The
     docstring of save() says so; it used to say the previous state was kept."""
     path = tmp_path / "n1.json"
+    # A file of the older format: the next save creates the file anew, by a rename
+    # (as the first save of a node does).
+    fields = {"version": 1, "term": 3, "voted_for": "n2"}
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    fields["checksum"] = hashlib.sha256(text.encode()).hexdigest()
+    path.write_text(json.dumps(fields))
     store = FileStorage(path)
-    store.save(HardState(3, "n2"))
+    assert store.load() == HardState(3, "n2")
 
     fsync = os.fsync
 

@@ -20,6 +20,7 @@ import pytest
 
 from flask_goelect.core import HardState
 from flask_goelect.storage import (
+    BLOCK_SIZE,
     FileStorage,
     MemoryStorage,
     Storage,
@@ -35,12 +36,38 @@ def canonical_checksum(fields: dict[str, Any]) -> str:
 
 
 def write_state(path: Path, **fields: Any) -> None:
-    """Write a state file with a *valid* checksum over arbitrary field values."""
+    """Write a state file of the older format (one object, version 1) with a
+    *valid* checksum over arbitrary field values: the loader still reads it."""
     fields.setdefault("version", 1)
     fields.setdefault("term", 1)
     fields.setdefault("voted_for", None)
     fields["checksum"] = canonical_checksum(fields)
     path.write_text(json.dumps(fields))
+
+
+def block(**fields: Any) -> bytes:
+    """One copy of the state, as the current format writes it (valid checksum)."""
+    fields.setdefault("version", 2)
+    fields.setdefault("seq", 1)
+    fields.setdefault("term", 1)
+    fields.setdefault("voted_for", None)
+    fields["checksum"] = canonical_checksum(fields)
+    line = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return line.ljust(BLOCK_SIZE - 1) + b"\n"
+
+
+BLANK = b" " * (BLOCK_SIZE - 1) + b"\n"
+
+
+def copies(path: Path) -> list[dict[str, Any] | None]:
+    """The two copies in a state file of the current format (None: blank)."""
+    raw = path.read_bytes()
+    assert len(raw) == 2 * BLOCK_SIZE
+    out: list[dict[str, Any] | None] = []
+    for start in (0, BLOCK_SIZE):
+        text = raw[start : start + BLOCK_SIZE].decode().strip()
+        out.append(json.loads(text) if text else None)
+    return out
 
 
 def raises_naming(path: Path) -> Any:
@@ -78,13 +105,31 @@ def test_successive_saves_survive_a_new_instance(path: Path) -> None:
 
 
 def test_file_format(path: Path) -> None:
-    FileStorage(path).save(HardState(3, "n2"))
-    data = json.loads(path.read_text())
-    assert set(data) == {"version", "term", "voted_for", "checksum"}
-    assert data["version"] == 1
-    assert (data["term"], data["voted_for"]) == (3, "n2")
-    fields = {k: v for k, v in data.items() if k != "checksum"}
-    assert data["checksum"] == canonical_checksum(fields)
+    storage = FileStorage(path)
+    storage.save(HardState(3, "n2"))
+    first, second = copies(path)
+    assert second is None, "the second block stays blank until the second save"
+    assert first is not None
+    assert first == {
+        "version": 2,
+        "seq": 1,
+        "term": 3,
+        "voted_for": "n2",
+        "checksum": first["checksum"],
+    }
+    fields = {k: v for k, v in first.items() if k != "checksum"}
+    assert first["checksum"] == canonical_checksum(fields)
+    # Each save writes the block of the older copy; the newer one is not touched.
+    storage.save(HardState(4))
+    assert copies(path) == [first, copies(path)[1]]
+    assert copies(path)[1] is not None and copies(path)[1]["seq"] == 2  # type: ignore[index]
+    storage.save(HardState(4, "n1"))
+    newest, older = copies(path)
+    assert newest is not None and older is not None
+    assert (newest["seq"], newest["term"], newest["voted_for"]) == (3, 4, "n1")
+    assert (older["seq"], older["term"], older["voted_for"]) == (2, 4, None)
+    # The file is the blocks as written: a copy is readable alone.
+    assert path.read_bytes()[BLOCK_SIZE:] == block(seq=2, term=4)
 
 
 def test_creates_the_parent_directory(tmp_path: Path) -> None:
@@ -112,8 +157,21 @@ def test_saving_the_same_state_again_skips_the_write(
     storage.save(HardState(4, "n1"))
     calls: list[object] = []
     monkeypatch.setattr(os, "replace", lambda *a: calls.append(a))
+    monkeypatch.setattr(os, "pwrite", lambda *a: calls.append(a))
     storage.save(HardState(4, "n1"))
+    FileStorage(path).save(HardState(4, "n1"))
     assert calls == []
+
+
+def test_a_file_of_the_older_format_is_read_then_replaced(path: Path) -> None:
+    write_state(path, term=7, voted_for="n1")
+    storage = FileStorage(path)
+    assert storage.load() == HardState(7, "n1")
+    with pytest.raises(ValueError, match="votes at most once"):
+        storage.save(HardState(7, "n2"))
+    storage.save(HardState(8))
+    assert [c["seq"] if c else None for c in copies(path)] == [1, None]
+    assert FileStorage(path).load() == HardState(8)
 
 
 def test_protocol_is_satisfied(path: Path) -> None:
@@ -155,7 +213,36 @@ def test_truncated_file_at_every_offset(path: Path) -> None:
 
 @pytest.mark.parametrize("mask", [0x01, 0x04, 0x20, 0x80])
 def test_flipped_bits_at_every_offset(path: Path, mask: int) -> None:
-    FileStorage(path).save(HardState(12, "node-1"))
+    """A flipped bit in a copy makes that copy invalid, never another state: the
+    load reads the other copy (the previous state, if the newest was damaged: a
+    save cut short looks the same) or refuses the file."""
+    storage = FileStorage(path)
+    storage.save(HardState(11, "node-1"))
+    storage.save(HardState(12, "node-1"))  # the newest copy, in the second block
+    good = path.read_bytes()
+    line = good.index(b"}") + 1  # the first copy's JSON ends here
+    seen = set()
+    for i in range(len(good)):
+        bad = bytearray(good)
+        bad[i] ^= mask
+        path.write_bytes(bytes(bad))
+        try:
+            state = FileStorage(path).load()
+        except StorageError:
+            seen.add("refused")
+            continue
+        if i < BLOCK_SIZE:
+            assert state == HardState(12, "node-1"), i
+        else:
+            assert state == HardState(11, "node-1"), i
+            seen.add("previous")
+    assert "previous" in seen
+    assert line < BLOCK_SIZE
+
+
+@pytest.mark.parametrize("mask", [0x01, 0x04, 0x20, 0x80])
+def test_flipped_bits_in_a_file_of_the_older_format(path: Path, mask: int) -> None:
+    write_state(path, term=12, voted_for="node-1")
     good = path.read_bytes()
     for i in range(len(good)):
         bad = bytearray(good)
@@ -166,13 +253,89 @@ def test_flipped_bits_at_every_offset(path: Path, mask: int) -> None:
 
 
 def test_bad_checksum(path: Path) -> None:
-    FileStorage(path).save(HardState(3, "n1"))
+    first = block(seq=1, term=3, voted_for="n1")
+    tampered = first.replace(b'"term":3', b'"term":2')  # valid-looking, not checksummed
+    path.write_bytes(tampered + BLANK)
+    with raises_naming(path) as exc:
+        FileStorage(path).load()
+    assert "checksum" in str(exc.value)
+    assert "copy 2 is blank" in str(exc.value)
+    # One copy damaged, the other valid: the valid one is read.
+    path.write_bytes(tampered + block(seq=2, term=2))
+    assert FileStorage(path).load() == HardState(2)
+    # Both damaged: refused, naming both.
+    path.write_bytes(tampered + block(seq=2, term=2).replace(b'"term":2', b'"term":5'))
+    with raises_naming(path) as exc:
+        FileStorage(path).load()
+    assert "copy 1" in str(exc.value) and "copy 2" in str(exc.value)
+
+
+def test_a_legacy_bad_checksum(path: Path) -> None:
+    write_state(path, term=3, voted_for="n1")
     data = json.loads(path.read_text())
-    data["term"] = 2  # a valid-looking value, but not what was checksummed
+    data["term"] = 2
     path.write_text(json.dumps(data))
     with raises_naming(path) as exc:
         FileStorage(path).load()
     assert "checksum" in str(exc.value)
+
+
+def test_the_copy_with_the_higher_number_is_the_state(path: Path) -> None:
+    path.write_bytes(block(seq=7, term=4) + block(seq=6, term=3, voted_for="n2"))
+    assert FileStorage(path).load() == HardState(4)
+    path.write_bytes(block(seq=7, term=4) + block(seq=8, term=4, voted_for="n2"))
+    storage = FileStorage(path)
+    assert storage.load() == HardState(4, "n2")
+    storage.save(HardState(5))  # seq 9, over the older copy: the first block
+    assert [c["seq"] for c in copies(path) if c is not None] == [9, 8]
+    assert FileStorage(path).load() == HardState(5)
+
+
+@pytest.mark.parametrize("seq", [0, -1, True, 1.5, "2", None])
+def test_an_invalid_copy_number_makes_the_copy_invalid(path: Path, seq: object) -> None:
+    path.write_bytes(block(seq=seq, term=4) + BLANK)
+    with raises_naming(path) as exc:
+        FileStorage(path).load()
+    assert "seq" in str(exc.value)
+
+
+def test_two_copies_with_the_same_number_are_refused(path: Path) -> None:
+    path.write_bytes(block(seq=3, term=4) + block(seq=3, term=5))
+    with raises_naming(path) as exc:
+        FileStorage(path).load()
+    assert "two copies numbered 3" in str(exc.value)
+
+
+def test_blank_copies_are_refused(path: Path) -> None:
+    path.write_bytes(BLANK + b"\0" * BLOCK_SIZE)
+    with raises_naming(path) as exc:
+        FileStorage(path).load()
+    assert "no valid copy" in str(exc.value)
+
+
+def test_a_save_cut_short_at_any_byte_leaves_the_previous_state(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash or a power loss while a block is written: the block holds a
+    prefix of the new copy over the rest of the old one. The load reads the
+    other copy, the state before that save, and says one copy is damaged."""
+    storage = FileStorage(path)
+    storage.save(HardState(5, "n1"))
+    storage.save(HardState(6))  # the state; the first block holds the older copy
+    good = path.read_bytes()
+    new = block(seq=3, term=6, voted_for="n3")  # what the next save writes there
+    end = new.index(b"}") + 1
+    for cut in range(end + 1):
+        torn = new[:cut] + good[cut:BLOCK_SIZE]
+        path.write_bytes(torn + good[BLOCK_SIZE:])
+        caplog.clear()
+        state = FileStorage(path).load()
+        if torn[:end] != new[:end]:  # (the old copy's last bytes may complete it)
+            assert state == HardState(6), cut
+            if torn != good[:BLOCK_SIZE]:
+                assert "one copy is damaged" in caplog.text, cut
+        else:
+            assert state == HardState(6, "n3")
 
 
 @pytest.mark.parametrize("checksum", [None, 0, "", "00" * 32, ["x"]])
@@ -240,11 +403,16 @@ def test_missing_and_unknown_fields(path: Path) -> None:
 
 
 def test_duplicate_keys_are_refused(path: Path) -> None:
-    FileStorage(path).save(HardState(3))
+    write_state(path, term=3)
     text = path.read_text().rstrip().removesuffix("}") + ',"term":9}'
     path.write_text(text)
     with raises_naming(path):
         FileStorage(path).load()
+    line = block(term=3).rstrip().removesuffix(b"}") + b',"term":9}'
+    path.write_bytes(line.ljust(BLOCK_SIZE - 1) + b"\n" + BLANK)
+    with raises_naming(path) as exc:
+        FileStorage(path).load()
+    assert "duplicate key" in str(exc.value)
 
 
 def test_invalid_utf8(path: Path) -> None:
@@ -283,12 +451,14 @@ def test_a_directory_in_place_of_the_file(path: Path) -> None:
 
 
 @pytest.mark.parametrize("fail_at", ["replace", "fsync", "write"])
-def test_failed_save_keeps_the_old_file(
+def test_a_failed_first_save_keeps_the_old_file(
     path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: str
 ) -> None:
-    storage = FileStorage(path)
-    storage.save(HardState(4, "n1"))
+    """The first save creates the file by a rename (here over a file of the older
+    format): a failure before the rename leaves the old file."""
+    write_state(path, term=4, voted_for="n1")
     old = path.read_bytes()
+    storage = FileStorage(path)
 
     def boom(*args: object) -> Any:
         raise OSError(5, f"simulated {fail_at} failure")
@@ -304,13 +474,47 @@ def test_failed_save_keeps_the_old_file(
     # The failed state was not remembered as written: saving it again writes it.
     storage.save(HardState(5, "n2"))
     assert FileStorage(path).load() == HardState(5, "n2")
+    assert len(path.read_bytes()) == 2 * BLOCK_SIZE, "now in the current format"
+
+
+@pytest.mark.parametrize("fail_at", ["pwrite", "fdatasync", "half-write"])
+def test_a_failed_save_in_place_keeps_the_newest_copy(
+    path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: str
+) -> None:
+    storage = FileStorage(path)
+    storage.save(HardState(4))
+    storage.save(HardState(4, "n1"))  # the newest copy, in the second block
+    newest = path.read_bytes()[BLOCK_SIZE:]
+    real_pwrite = os.pwrite
+
+    def boom(*args: Any) -> int:
+        if fail_at == "half-write":
+            fd, data, offset = args
+            real_pwrite(fd, data[:100], offset)  # some bytes reached the file
+        raise OSError(5, f"simulated {fail_at} failure")
+
+    with monkeypatch.context() as m:
+        if fail_at == "fdatasync":
+            m.setattr(os, "fdatasync", boom)
+        else:
+            m.setattr(os, "pwrite", boom)
+        with pytest.raises(OSError, match="simulated"):
+            storage.save(HardState(5, "n2"))
+
+    assert path.read_bytes()[BLOCK_SIZE:] == newest, "the newest copy is never touched"
+    expected = HardState(5, "n2") if fail_at == "fdatasync" else HardState(4, "n1")
+    assert FileStorage(path).load() == expected
+    # Saving again writes the same block (the newest copy stays until it returns).
+    storage.save(HardState(5, "n2"))
+    assert path.read_bytes()[BLOCK_SIZE:] == newest
+    assert FileStorage(path).load() == HardState(5, "n2")
 
 
 def test_file_and_directory_are_fsynced_around_the_rename(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    write_state(path, term=1)  # the folder exists: only this file's folder is synced
     storage = FileStorage(path)
-    storage.save(HardState(1))  # the parent exists now: only this file's folder is synced
     events: list[tuple[str, int]] = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -334,6 +538,39 @@ def test_file_and_directory_are_fsynced_around_the_rename(
     assert events[2][1] == path.parent.stat().st_ino
 
 
+def test_a_save_in_place_writes_one_block_and_flushes_its_data(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FileStorage(path)
+    storage.save(HardState(1))
+    inode = path.stat().st_ino
+    calls: list[tuple[str, Any]] = []
+    real_pwrite, real_fdatasync = os.pwrite, os.fdatasync
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        calls.append(("pwrite", (os.fstat(fd).st_ino, len(data), offset)))
+        return real_pwrite(fd, data, offset)
+
+    def fdatasync(fd: int) -> None:
+        calls.append(("fdatasync", os.fstat(fd).st_ino))
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    for name in ("fsync", "replace", "rename", "write"):
+        monkeypatch.setattr(os, name, lambda *a, name=name: calls.append((name, a)))
+    storage.save(HardState(2, "n1"))
+    storage.save(HardState(3))
+    assert calls == [
+        ("pwrite", (inode, BLOCK_SIZE, BLOCK_SIZE)),
+        ("fdatasync", inode),
+        ("pwrite", (inode, BLOCK_SIZE, 0)),
+        ("fdatasync", inode),
+    ]
+    assert path.stat().st_ino == inode and path.stat().st_size == 2 * BLOCK_SIZE
+    assert FileStorage(path).load() == HardState(3)
+
+
 def test_new_parent_directory_is_made_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -354,10 +591,12 @@ def test_new_parent_directory_is_made_durable(
 def test_fsync_can_be_turned_off(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     monkeypatch.setattr(os, "fsync", calls.append)
+    monkeypatch.setattr(os, "fdatasync", calls.append)
     storage = FileStorage(path, fsync=False)
     storage.save(HardState(1, "n1"))
+    storage.save(HardState(2))
     assert calls == []
-    assert storage.load() == HardState(1, "n1")
+    assert storage.load() == HardState(2)
 
 
 def test_directory_fsync_unsupported_is_tolerated(
