@@ -31,6 +31,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +53,9 @@ __all__ = [
 
 #: How many processes of one node can wait to take its elector over.
 MAX_MEMBERS = 256
+
+#: How long :meth:`LockFile.join` tries again when every member byte is refused.
+JOIN_PATIENCE = 0.25
 
 _ELECTOR_BYTE = 0
 
@@ -339,10 +343,18 @@ class LockFile:
             self._check_owner(owner, node_id)
             if self.member_byte is not None:
                 return self.member_byte
-            for byte in range(1, MAX_MEMBERS + 1):
-                if _try_lock(self.fd, byte):
-                    self.member_byte = byte
-                    return byte
+            # Another process looking for members holds a shared lock over a range
+            # of bytes for a moment (other_members): every byte refused may be that,
+            # not 256 members. Try again for a while before giving up.
+            deadline = time.monotonic() + JOIN_PATIENCE
+            while True:
+                for byte in range(1, MAX_MEMBERS + 1):
+                    if _try_lock(self.fd, byte):
+                        self.member_byte = byte
+                        return byte
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.002)
         raise LockError(
             f"{MAX_MEMBERS} processes already serve the node of {str(self.path)!r}; that is"
             " the limit"

@@ -58,6 +58,7 @@ BLOCK_SIZE = 4096
 
 _FIELDS = frozenset({"version", "term", "voted_for", "checksum"})
 _FIELDS_V2 = frozenset({"version", "seq", "term", "voted_for", "checksum"})
+_BLANK = b" " * (BLOCK_SIZE - 1) + b"\n"
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,12 @@ class FileStorage:
     before that save, which never returned, so nothing depended on it. A file in
     which no copy is valid is refused.
 
+    A save that fails blanks the block it was writing (the page cache may hold
+    the new copy without the disk having it), and a load flushes what it read
+    before the node goes on from it. A file deleted or replaced while in use is
+    noticed at the next save, which writes it anew (with a warning in the log)
+    rather than into the old inode.
+
     A file of the older format (one JSON object: ``version`` 1, ``term``,
     ``voted_for``, ``checksum``) is read as well, and replaced by this format at
     the first save.
@@ -223,8 +230,11 @@ class FileStorage:
         # The save number of that state's copy; 0: the file is missing or of the
         # older format, and the next save creates it afresh.
         self._seq = 0
-        # The file, open for writing its blocks in place (after the first save).
+        # The file, open for writing its blocks in place (after the first save),
+        # with the process that opened it and the file's identity (device, inode).
         self._fd: int | None = None
+        self._fd_pid = 0
+        self._fd_identity: tuple[int, int] = (0, 0)
         self._lock = threading.Lock()
         self._closed = False
 
@@ -261,6 +271,12 @@ class FileStorage:
             return HardState(), 0
         except OSError as exc:
             raise self._error(f"cannot be read ({exc.strerror or exc})") from exc
+        if self.fsync:
+            # What was read may not be on the disk yet: a save of another process
+            # (or of this one) whose write reached the page cache but whose flush
+            # failed, or never ran (SIGKILL). The state read is the one this node
+            # goes on from; a save of the same state would write nothing.
+            self._flush_file()
         if not raw.strip():
             raise self._error("is empty (a write was cut short?)")
         if len(raw) != 2 * BLOCK_SIZE:
@@ -290,6 +306,21 @@ class FileStorage:
                 problems[0],
             )
         return state, seq
+
+    def _flush_file(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise self._error(f"cannot be opened ({exc.strerror or exc})") from exc
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            # A file system that cannot sync a file opened for reading (or at all):
+            # nothing more can be done here; an I/O error is the disk's.
+            if exc.errno not in (errno.EINVAL, errno.EBADF, errno.EROFS, errno.ENOTSUP):
+                raise self._error(f"cannot be flushed to the disk ({exc.strerror or exc})") from exc
+        finally:
+            os.close(fd)
 
     def _parse(self, raw: bytes, version: int, names: frozenset[str]) -> tuple[HardState, int]:
         """One copy of the state (the whole file in the older format)."""
@@ -352,10 +383,17 @@ class FileStorage:
                 return
             check_transition(self._current, state)
             seq = self._seq + 1
-            if self._seq == 0:
-                self._create(state)
-            else:
-                self._write_block(state, seq)
+            try:
+                if self._seq == 0 or not self._same_file():
+                    seq = 1
+                    self._create(state)
+                else:
+                    self._write_block(state, seq)
+            except BaseException:
+                # What is on disk is not known any more: the next save reads it
+                # again (and flushes what it reads) before it writes.
+                self._current = None
+                raise
             self._current, self._seq = state, seq
 
     def _block(self, state: HardState, seq: int) -> bytes:
@@ -367,24 +405,67 @@ class FileStorage:
         }
         fields["checksum"] = _checksum(fields)
         line = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+        if len(line) >= BLOCK_SIZE:
+            raise ValueError(
+                f"a state of {len(line)} bytes does not fit in a block of {BLOCK_SIZE}"
+            )
         return line.ljust(BLOCK_SIZE - 1) + b"\n"
+
+    def _same_file(self) -> bool:
+        """Whether the file at the path is the one the last save wrote (False: it
+        was deleted, or replaced, since; the next save creates it afresh)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._close_fd()
+            log.warning("state file '%s' was deleted while in use: it is written anew", self.path)
+            return False
+        if st.st_size != 2 * BLOCK_SIZE:
+            self._close_fd()
+            log.warning("state file '%s' was replaced while in use: it is written anew", self.path)
+            return False
+        if self._fd is not None and self._fd_pid == os.getpid():
+            if (st.st_dev, st.st_ino) == self._fd_identity:
+                return True
+            self._close_fd()
+            log.warning("state file '%s' was replaced while in use: it is written anew", self.path)
+            return False
+        # Opened here: after the file's creation, in a forked child (whose
+        # inherited descriptor may since name another file), or after a replace.
+        self._fd = None
+        fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):  # replaced meanwhile
+            os.close(fd)
+            return False
+        self._fd, self._fd_pid = fd, os.getpid()
+        self._fd_identity = (opened.st_dev, opened.st_ino)
+        return True
 
     def _write_block(self, state: HardState, seq: int) -> None:
         # The older copy's block (seq alternates between the two): the newer one,
         # the state on disk, is not touched.
         block = self._block(state, seq)
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = self._fd
+        assert fd is not None
         offset = (seq - 1) % 2 * BLOCK_SIZE
-        written = 0
-        while written < len(block):
-            written += os.pwrite(self._fd, block[written:], offset + written)
-        if self.fsync:
-            # The data alone: the size and the name stay (macOS has fsync only).
-            getattr(os, "fdatasync", os.fsync)(self._fd)
+        try:
+            written = 0
+            while written < len(block):
+                written += os.pwrite(fd, block[written:], offset + written)
+            if self.fsync:
+                # The data alone: the size and the name stay (macOS has fsync only).
+                getattr(os, "fdatasync", os.fsync)(fd)
+        except BaseException:
+            # The block may hold the new copy in the page cache without it being on
+            # the disk (a failed flush): blank it, so that no reader takes a state
+            # this save did not make durable. The other copy is the state.
+            with contextlib.suppress(OSError):
+                os.pwrite(fd, _BLANK, offset)
+            raise
 
     def _create(self, state: HardState) -> None:
-        payload = self._block(state, 1) + b" " * (BLOCK_SIZE - 1) + b"\n"
+        payload = self._block(state, 1) + _BLANK
         folder = self.path.parent
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
@@ -411,8 +492,10 @@ class FileStorage:
 
     def _close_fd(self) -> None:
         fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        if fd is not None and self._fd_pid == os.getpid():
+            # (In a forked child the number may name another file by now.)
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def close(self) -> None:
         """Stop using the file; later calls to :meth:`load` or :meth:`save` raise."""

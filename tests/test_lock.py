@@ -412,3 +412,38 @@ def test_a_child_that_reused_the_descriptor_number_keeps_its_file(state_file: Pa
     finally:
         locks.leave()
         locks.disown(owner)
+
+
+RANGE_HOLDER = """
+import fcntl, os, sys, time
+from flask_goelect._lock import lock_path
+
+fd = os.open(lock_path(sys.argv[1]), os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 256, 1)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+fcntl.lockf(fd, fcntl.LOCK_UN, 256, 1)
+sys.stdin.read()
+"""
+
+
+def test_a_join_waits_out_another_process_s_look_for_members(state_file: Path) -> None:
+    """other_members holds a shared lock over the whole range for a moment: a
+    process joining then finds every byte refused, and must try again rather than
+    fail as if 256 processes served the node."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RANGE_HOLDER, str(state_file), "0.05"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    locks, owner = lock_file(state_file), object()
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        assert locks.join(owner, "n1") == 1
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+        locks.leave()
+        locks.disown(owner)

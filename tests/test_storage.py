@@ -459,6 +459,7 @@ def test_a_failed_first_save_keeps_the_old_file(
     write_state(path, term=4, voted_for="n1")
     old = path.read_bytes()
     storage = FileStorage(path)
+    storage.load()
 
     def boom(*args: object) -> Any:
         raise OSError(5, f"simulated {fail_at} failure")
@@ -502,8 +503,9 @@ def test_a_failed_save_in_place_keeps_the_newest_copy(
             storage.save(HardState(5, "n2"))
 
     assert path.read_bytes()[BLOCK_SIZE:] == newest, "the newest copy is never touched"
-    expected = HardState(5, "n2") if fail_at == "fdatasync" else HardState(4, "n1")
-    assert FileStorage(path).load() == expected
+    # Even where the new copy reached the page cache (the flush failed), it was
+    # blanked: no reader takes a state the save did not make durable.
+    assert FileStorage(path).load() == HardState(4, "n1")
     # Saving again writes the same block (the newest copy stays until it returns).
     storage.save(HardState(5, "n2"))
     assert path.read_bytes()[BLOCK_SIZE:] == newest
@@ -515,6 +517,7 @@ def test_file_and_directory_are_fsynced_around_the_rename(
 ) -> None:
     write_state(path, term=1)  # the folder exists: only this file's folder is synced
     storage = FileStorage(path)
+    storage.load()
     events: list[tuple[str, int]] = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -791,3 +794,112 @@ def test_sigkill_during_saves_never_leaves_an_unreadable_file(tmp_path: Path) ->
             f"run {i} (seed {seed}): loaded {state}, last confirmed term {last}"
         )
     assert killed_mid_loop > 0, "no child was killed while saving: the test proved nothing"
+
+
+# -- the file under a running storage -------------------------------------------
+
+
+def test_a_file_deleted_while_in_use_is_written_anew(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tmp cleaner or an operator deletes the file: the next save must not go to
+    the deleted inode (a restart would then find no file: term 0, no vote)."""
+    storage = FileStorage(path)
+    storage.save(HardState(1))
+    storage.save(HardState(2))  # in place: the file is open now
+    path.unlink()
+    storage.save(HardState(6, "a"))
+    assert "deleted while in use" in caplog.text
+    assert FileStorage(path).load() == HardState(6, "a")
+    storage.save(HardState(7))  # and in place again from there
+    assert FileStorage(path).load() == HardState(7)
+
+
+def test_a_file_replaced_while_in_use_is_written_anew(path: Path) -> None:
+    storage = FileStorage(path)
+    storage.save(HardState(1))
+    storage.save(HardState(2))
+    other = FileStorage(path.with_name("copy.json"))
+    other.save(HardState(1))
+    other.save(HardState(2))  # the same size, another inode
+    os.replace(path.with_name("copy.json"), path)
+    storage.save(HardState(6, "a"))
+    assert FileStorage(path).load() == HardState(6, "a")
+
+
+def test_a_failed_flush_leaves_no_state_that_was_not_made_durable(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write reached the page cache, the flush failed: no reader (another
+    process taking over, this one again) may take that state, and a save of it
+    must write and flush it, not find it there already."""
+    storage = FileStorage(path)
+    storage.save(HardState(4))
+    storage.save(HardState(5))
+
+    def eio(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fdatasync", eio)
+        with pytest.raises(OSError, match="Input/output"):
+            storage.save(HardState(6, "a"))
+    assert FileStorage(path).load() == HardState(5)
+    flushed: list[int] = []
+    real_fdatasync = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (flushed.append(fd), real_fdatasync(fd)))
+    storage.save(HardState(6, "a"))
+    assert flushed, "the state was saved again without a flush"
+    assert FileStorage(path).load() == HardState(6, "a")
+
+
+def test_a_load_flushes_what_it_read(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save of another process wrote its copy and was killed before the flush:
+    the copy is in the page cache. The load makes it durable before the node goes
+    on from it (a save of the same state writes nothing)."""
+    FileStorage(path).save(HardState(3, "n1"))
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd))
+    )
+    assert FileStorage(path).load() == HardState(3, "n1")
+    assert synced == [path.stat().st_ino]
+    synced.clear()
+    assert FileStorage(path, fsync=False).load() == HardState(3, "n1")
+    assert synced == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_write_through_an_inherited_descriptor(path: Path) -> None:
+    """The child closed what it inherited and opened another file under the same
+    number: its save must go to the state file."""
+    storage = FileStorage(path)
+    storage.save(HardState(1))
+    storage.save(HardState(2))
+    fd = storage._fd
+    assert fd is not None
+    other = path.with_name("other.txt")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.close(fd)
+            reused = os.open(other, os.O_RDWR | os.O_CREAT, 0o600)
+            assert reused == fd
+            storage.save(HardState(3, "n1"))
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert other.read_bytes() == b""
+    assert FileStorage(path).load() == HardState(3, "n1")
+
+
+def test_a_state_that_does_not_fit_a_block_is_refused(path: Path) -> None:
+    storage = FileStorage(path)
+    storage.save(HardState(1))
+    with pytest.raises(ValueError, match="does not fit"):
+        storage.save(HardState(10**4200))
+    assert FileStorage(path).load() == HardState(1)
