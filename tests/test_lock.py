@@ -220,18 +220,23 @@ except OSError:
 """
 
 
-def test_other_members_finds_every_byte_held_and_keeps_our_own(state_file: Path) -> None:
-    """The members are found by halving the range: scattered bytes, both ends of
-    it, and bytes on both sides of this process's own, which the look must not
-    drop (a shared lock over it would replace it)."""
-    held = [1, 2, 3, 5, 127, 128, 200, 255, 256]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", BYTES_HOLDER, str(state_file), ",".join(map(str, held))],
+def _script(code: str, *args: object) -> subprocess.Popen[str]:
+    """Run ``code`` in another process (its stdin open: it waits for it to close)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env=child_env(),
     )
+
+
+def test_other_members_finds_every_byte_held_and_keeps_our_own(state_file: Path) -> None:
+    """The members are found by halving the range: scattered bytes, both ends of
+    it, and bytes on both sides of this process's own, which the look must not
+    drop (a shared lock over it would replace it)."""
+    held = [1, 2, 3, 5, 127, 128, 200, 255, 256]
+    proc = _script(BYTES_HOLDER, state_file, ",".join(map(str, held)))
     locks, owner = lock_file(state_file), object()
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -431,13 +436,7 @@ def test_a_join_waits_out_another_process_s_look_for_members(state_file: Path) -
     """other_members holds a shared lock over the whole range for a moment: a
     process joining then finds every byte refused, and must try again rather than
     fail as if 256 processes served the node."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", RANGE_HOLDER, str(state_file), "0.05"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
+    proc = _script(RANGE_HOLDER, state_file, "0.05")
     locks, owner = lock_file(state_file), object()
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
