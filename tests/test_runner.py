@@ -33,6 +33,7 @@ from test_transport import ServerThread, black_hole, rpc_app
 from flask_goelect import clock, core
 from flask_goelect.messages import (
     Heartbeat,
+    HeartbeatReply,
     Reply,
     Request,
     VoteReply,
@@ -160,6 +161,26 @@ def test_three_nodes_in_memory_elect_one_leader(cluster):
     assert status["leader_id"] == leader.node_id and status["state"] == "follower"
     assert status["last_contact"][leader.node_id] < 0.2
     assert leader.status()["lease_remaining"] > 0
+
+
+def test_a_heartbeat_does_not_wake_the_follower_s_loop(cluster, monkeypatch):
+    """A follower's deadline is its last heartbeat plus a fixed offset (the ranked
+    timer): a heartbeat only moves it later, so the loop sleeps on instead of being
+    woken to sleep again (a wake-up per heartbeat is CPU on every idle follower)."""
+    cluster.memory()
+    leader = cluster.leader()
+    seen: list[bool] = []
+    finish = Elector._finish
+
+    def recording(self: Elector, stepped: Any) -> None:
+        if self is not leader and isinstance(stepped.out.reply, HeartbeatReply):
+            seen.append(stepped.wake)
+        finish(self, stepped)
+
+    monkeypatch.setattr(Elector, "_finish", recording)
+    assert wait_until(lambda: len(seen) >= 40, 10.0)
+    assert cluster.leader() is leader
+    assert not any(seen), f"{sum(seen)} of {len(seen)} heartbeats woke the loop"
 
 
 def test_unpatched_mode_runs_the_loop_in_its_own_thread(cluster):
