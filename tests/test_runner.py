@@ -1234,3 +1234,36 @@ def test_a_callback_dispatcher_copied_into_a_forked_child_tells_nothing() -> Non
         dispatcher.stop()
         dispatcher.join(5)
     assert told == [change]  # told once: by the dispatcher of this process only
+
+
+def test_the_loop_waker_sets_its_event_at_once_from_the_loop_s_own_hub() -> None:
+    """A step made in the loop's hub (a peer's reply that makes this node leader)
+    wakes the loop before the hub polls again: the leader tasks start at once. From
+    another thread the wake goes through the hub's async watcher."""
+    import gevent
+
+    from flask_goelect.runner.runtime import LoopWaker
+
+    waker = LoopWaker()
+    seen: dict[str, object] = {}
+    attached = threading.Event()
+    done = threading.Event()
+
+    def loop_thread() -> None:
+        event = waker.attach()
+        attached.set()
+        waker.send()
+        seen["same hub, at once"] = event.is_set()
+        event.clear()
+        seen["other thread, within 5 s"] = event.wait(5.0)
+        waker.detach()
+        gevent.get_hub().destroy(destroy_loop=True)
+        done.set()
+
+    threading.Thread(target=loop_thread, daemon=True).start()
+    assert attached.wait(5.0)
+    time.sleep(0.05)  # the loop thread waits on its event by now
+    waker.send()
+    assert done.wait(10.0)
+    assert seen == {"same hub, at once": True, "other thread, within 5 s": True}
+    waker.send()  # detached: does nothing

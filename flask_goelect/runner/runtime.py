@@ -425,32 +425,40 @@ class LoopWaker:
 
     The loop waits on :attr:`event` in its own hub; :meth:`send` fires a gevent
     async watcher of that hub, which sets the event there (a gevent event must
-    not be set from another thread).
+    not be set from another thread). From a greenlet of the loop's own hub (a
+    peer's reply that made this node leader), it sets the event at once: the
+    loop then runs before the hub polls again, instead of after.
     """
 
     def __init__(self) -> None:
         self._lock = _allocate_lock()  # held for an assignment or a send only
         self._watcher: Any = None
+        self._hub: Any = None
         self.event: Any = None
 
     def attach(self) -> Any:
         """Create the event and the watcher in the calling thread's hub."""
         event = gevent.event.Event()
-        watcher = gevent.get_hub().loop.async_()
+        hub = gevent.get_hub()
+        watcher = hub.loop.async_()
         watcher.start(event.set)
         with self._lock:
-            self.event, self._watcher = event, watcher
+            self.event, self._watcher, self._hub = event, watcher, hub
         return event
 
     def send(self) -> None:
         with self._lock:
-            if self._watcher is not None:
+            if self._watcher is None:
+                return
+            if _hub_if_any() is self._hub:
+                self.event.set()
+            else:
                 self._watcher.send()
 
     def detach(self) -> None:
         """In the thread that attached: close the watcher; later sends do nothing."""
         with self._lock:
-            watcher, self._watcher = self._watcher, None
+            watcher, self._watcher, self._hub = self._watcher, None, None
         if watcher is not None:
             watcher.close()
 
