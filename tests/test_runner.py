@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -41,7 +42,7 @@ from flask_goelect.messages import (
 )
 from flask_goelect.runner import Elector, LeaderContext
 from flask_goelect.serving import NoDelayWSGIHandler
-from flask_goelect.state import NotRunning, Snapshot
+from flask_goelect.state import NotRunning, Snapshot, State
 from flask_goelect.storage import MemoryStorage
 from flask_goelect.transport import HttpTransport, MemoryTransport, Transport
 from goelect_harness.helpers import wait_until
@@ -1267,3 +1268,48 @@ def test_the_loop_waker_sets_its_event_at_once_from_the_loop_s_own_hub() -> None
     assert done.wait(10.0)
     assert seen == {"same hub, at once": True, "other thread, within 5 s": True}
     waker.send()  # detached: does nothing
+
+
+def test_a_stop_that_cancels_while_the_loop_starts_tasks_misses_none() -> None:
+    """``cancel`` (a stop, from another thread) while ``reconcile`` is between two
+    spawns: the cancel waits for the reconcile, then cancels every task it started
+    (before, a task started after the cancel's swap ran on, uncancelled)."""
+    from flask_goelect.runner.tasks import LeaderTasks
+
+    tasks = LeaderTasks("n1", logging.getLogger("test"))
+    contexts: list[LeaderContext] = []
+    cancellers: list[threading.Thread] = []
+
+    class Rt:
+        def event(self) -> threading.Event:
+            return threading.Event()
+
+        def spawn(self, name: str, func: Any, *args: Any) -> object:
+            contexts.append(args[1])
+            if not cancellers:
+                thread = threading.Thread(target=tasks.cancel, args=(self,))
+                cancellers.append(thread)
+                thread.start()
+                thread.join(0.2)  # the cancel runs now, unless it waits for us
+            return object()
+
+        def abandon(self, worker: object) -> None:
+            pass
+
+    rt = Rt()
+    tasks.add(lambda ctx: None)
+    tasks.add(lambda ctx: None)
+    snap = Snapshot("n1", State.LEADER, term=3, leader_id="n1", lease_until=clock.now() + 60)
+    tasks.reconcile(
+        snap,
+        clock.now(),
+        rt,  # type: ignore[arg-type]
+        running=True,
+        source=lambda: snap,
+        clock=clock.now,
+        record=lambda kind, what: None,
+    )
+    cancellers[0].join(5.0)
+    assert len(contexts) == 2
+    assert all(ctx.cancelled.is_set() for ctx in contexts)
+    assert not tasks.running

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..state import Snapshot, State
-from .runtime import Event, HubEvent, HubWorker, Runtime
+from .runtime import Event, HubEvent, HubWorker, Runtime, native_lock
 
 __all__ = ["LeaderContext", "LeaderTasks", "TaskFunc"]
 
@@ -66,7 +66,9 @@ class LeaderTasks:
 
     Registered functions survive stop and start; :meth:`reconcile` (called by
     the election loop only) starts them on a new leadership and cancels them
-    when it ends.
+    when it ends. :meth:`cancel` may come from any thread (a stop) while the loop
+    reconciles: both hold a lock of their own, so that no task started by one is
+    missed by the other.
     """
 
     def __init__(self, node_id: str, log: logging.Logger) -> None:
@@ -77,6 +79,8 @@ class LeaderTasks:
         self._workers: dict[int, tuple[LeaderContext, Any]] = {}
         # Workers cancelled and not yet seen to end (a native thread cannot be killed).
         self._ending: list[Any] = []
+        # Held while the workers change (never while waiting for one to end).
+        self._lock = native_lock()
 
     def __bool__(self) -> bool:
         """Whether there is anything to start or cancel."""
@@ -113,10 +117,28 @@ class LeaderTasks:
         """Start the tasks on a new leadership, cancel them when it is over: when
         the node steps down, and as soon as its lease lapses (a task must not
         overlap the next leader)."""
+        with self._lock:
+            started = self._reconcile(snap, now, runtime, running, source, clock, record)
+        for func in started:  # (outside the lock: a log handler may do I/O)
+            self.log.info(
+                "goelect %s: started leader task %r for term %d", self.node_id, func, snap.term
+            )
+
+    def _reconcile(
+        self,
+        snap: Snapshot,
+        now: float,
+        runtime: Runtime,
+        running: bool,
+        source: Callable[[], Snapshot],
+        clock: Callable[[], float],
+        record: Callable[[str, BaseException | str], None],
+    ) -> list[TaskFunc]:
         if self._term is not None and (snap.term != self._term or not snap.is_leader(now)):
-            self.cancel(runtime)
+            self._cancel(runtime)
         if not (running and snap.is_leader(now)):
-            return
+            return []
+        started = []
         if self._term != snap.term:
             self._term = snap.term
             self._workers = {}
@@ -127,12 +149,15 @@ class LeaderTasks:
             name = f"goelect-{self.node_id}-leader-task-{index}"
             worker = runtime.spawn(name, self._run, func, ctx, record)
             self._workers[index] = (ctx, worker)
-            self.log.info(
-                "goelect %s: started leader task %r for term %d", self.node_id, func, snap.term
-            )
+            started.append(func)
+        return started
 
     def cancel(self, runtime: Runtime | None) -> None:
-        """Cancel every task of the current leadership."""
+        """Cancel every task of the current leadership (from any thread)."""
+        with self._lock:
+            self._cancel(runtime)
+
+    def _cancel(self, runtime: Runtime | None) -> None:
         workers, self._workers = self._workers, {}
         self._term = None
         for ctx, worker in workers.values():
@@ -144,9 +169,11 @@ class LeaderTasks:
     def join(self, runtime: Runtime, remaining: Callable[[], float]) -> bool:
         """Wait until the cancelled tasks have ended, until ``remaining()`` is 0;
         True if they all have (work in them then no longer runs)."""
-        ending, self._ending = self._ending, []
+        with self._lock:
+            ending, self._ending = self._ending, []
         left = [w for w in ending if not runtime.join(w, remaining())]
-        self._ending.extend(left)
+        with self._lock:
+            self._ending.extend(left)
         return not left
 
     def forget(self) -> None:
@@ -154,6 +181,7 @@ class LeaderTasks:
         survive the fork; a greenlet did (a patched process forks its hub with
         it), and would run the parent's leader task in this process too: it is
         killed here, without waiting (its ``ctx`` says cancelled)."""
+        self._lock = native_lock()  # it may have been held at the fork
         workers, ending = list(self._workers.values()), self._ending
         self._term = None
         self._workers = {}
