@@ -1313,3 +1313,29 @@ def test_a_stop_that_cancels_while_the_loop_starts_tasks_misses_none() -> None:
     assert len(contexts) == 2
     assert all(ctx.cancelled.is_set() for ctx in contexts)
     assert not tasks.running
+
+
+def test_a_loop_that_fails_before_it_runs_fails_the_start_at_once(cluster, monkeypatch):
+    """Before: the loop's thread reported the crash and waited for the elector's
+    lock, which the start held while it waited 10 s for the loop; then the elector
+    was stopped and closed for good. Now the start fails at once with the cause,
+    and a later start works."""
+    from flask_goelect.runner.runtime import LoopWaker
+
+    electors = cluster.memory(ids=("n1",), start=False)
+    elector = electors["n1"]
+    attach = LoopWaker.attach
+
+    def broken(self: LoopWaker) -> Any:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(LoopWaker, "attach", broken)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="did not start") as exc:
+        elector.start()
+    assert time.monotonic() - started < 5.0
+    assert isinstance(exc.value.__cause__, OSError)
+    assert not elector.running and elector.errors_total == 0
+    monkeypatch.setattr(LoopWaker, "attach", attach)
+    elector.start()
+    assert wait_until(elector.is_leader, 10.0)

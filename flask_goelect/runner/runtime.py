@@ -198,13 +198,18 @@ class _Started:
     """Set once from any thread; :meth:`wait` blocks the calling OS thread (its
     hub too): only for what takes milliseconds."""
 
-    __slots__ = ("_lock",)
+    __slots__ = ("_flag", "_lock")
 
     def __init__(self) -> None:
+        self._flag = False
         self._lock = _allocate_lock()
         self._lock.acquire()
 
+    def is_set(self) -> bool:
+        return self._flag
+
     def set(self) -> None:
+        self._flag = True
         with contextlib.suppress(RuntimeError):  # set twice
             self._lock.release()
 
@@ -550,7 +555,8 @@ class Runtime:
         # a process that is still becoming its elector says term 0).
         ready: Event | _Started = threading.Event() if not self.patched else _Started()
         box: list[Any] = []
-        args = (name, run, waker, ready, box, on_exit)
+        failed: list[BaseException] = []
+        args = (name, run, waker, ready, box, on_exit, failed)
         if self.patched:
             _start_new_thread(self._loop_thread_main, args)
         else:
@@ -561,6 +567,10 @@ class Runtime:
             box.append(thread)
         if not ready.wait(10.0):  # pragma: no cover - a hub that cannot start
             raise RuntimeError(f"the election loop {name!r} did not start")
+        if failed:
+            # It failed before it ran: the caller's start fails with it (the
+            # elector is not running, so there is nothing to stop).
+            raise RuntimeError(f"the election loop {name!r} did not start") from failed[0]
         return box[-1]
 
     def _loop_thread_main(
@@ -571,9 +581,11 @@ class Runtime:
         ready: Event | _Started,
         box: list[Any],
         on_exit: Callable[[], None] | None,
+        failed: list[BaseException],
     ) -> None:
-        hub = gevent.get_hub()
+        hub = None
         try:
+            hub = gevent.get_hub()
             event = waker.attach()
             if self.patched:
                 self.loop_hub = hub
@@ -596,11 +608,18 @@ class Runtime:
                 greenlet.link_exception(lambda g: self._on_crash(name, g.exception))
                 greenlet.join()
         except BaseException as exc:  # reported, never silent
-            self._on_crash(f"{name} thread", exc)
+            if ready.is_set():
+                self._on_crash(f"{name} thread", exc)
+            else:  # before the loop ran: start_loop raises it to the elector's start
+                failed.append(exc)
+                ready.set()
         finally:
             waker.detach()
-            hub.destroy(destroy_loop=True)
-            self._loop_thread_done.set()
+            try:
+                if hub is not None:
+                    hub.destroy(destroy_loop=True)
+            finally:
+                self._loop_thread_done.set()
 
     def join_loop_thread(self, timeout: float) -> bool:
         """Patched: wait up to ``timeout`` for the loop's thread to end (True if it has)."""
