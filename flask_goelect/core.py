@@ -357,11 +357,21 @@ class Resume:
     clock of an earlier boot means nothing: keep the record in memory that a
     reboot clears). :class:`Node` checks the rest and ignores a record it
     cannot trust (see :attr:`Node.start_reason`).
+
+    ``promise_until`` is the end of the promise the previous process kept (its
+    :attr:`Node.promise_until`), read once that process had stopped stepping (a
+    graceful hand-off); None when it is not known (a crash). Known, it replaces
+    the promise of ``T`` that every start keeps: the node goes on promising
+    exactly what it promised, and a node whose elector moves between processes
+    more often than every ``T`` still votes. (Its election timer starts again: such
+    a node does not campaign itself; carrying the timer too cost the simulator's
+    failovers extra pre-vote rounds.)
     """
 
     term: int
     leader: LeaderInfo | None = None
     lease_until: float = 0.0
+    promise_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,7 +482,11 @@ class Node:
             " whether it promised a leader before"
         )
         if resume is not None:
-            self.start_reason = f"{self._resume(state, resume)}; {self.start_reason}"
+            resumed = self._resume(state, resume)
+            if self._started_until > now:
+                self.start_reason = f"{resumed}; {self.start_reason}"
+            else:
+                self.start_reason = resumed
 
     # -- queries ---------------------------------------------------------------
 
@@ -847,8 +861,19 @@ class Node:
             # Newer on disk: the old process moved on (voted, campaigned, saw a
             # newer term) after it published the record; the record is stale.
             return f"not resumed: the state file is in term {state.term}, the record in {term}"
+        carried = ""
+        if resume.promise_until is not None and self._voter:
+            # The previous process's promise, taken once it stopped stepping: the
+            # promise this node made, exactly (on the same machine's clock). It
+            # can never be longer than a promise made now.
+            self._promise_until = min(resume.promise_until, now + self._T)
+            self._started_until = now
+            carried = (
+                f"; keeps the previous process's promise"
+                f" ({max(self._promise_until - now, 0.0):.3f}s left)"
+            )
         if leader is None:
-            return f"nothing to resume in term {term}: no leader was known"
+            return f"nothing to resume in term {term}: no leader was known{carried}"
         if leader.id == self.id:
             # Only the node that won the term may lead it, and a winner voted
             # for itself in it: anything else is not this node's leadership.
@@ -871,7 +896,7 @@ class Node:
         self.leader_id = leader.id
         self._leader_address = leader.address
         self._leader_tags = leader.tags
-        return f"resumed following leader {leader.id} in term {term}"
+        return f"resumed following leader {leader.id} in term {term}{carried}"
 
     def _become_follower(self, term: int, leader: str | None, reason: str) -> None:
         if term > self.term:

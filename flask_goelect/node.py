@@ -828,7 +828,15 @@ class NodeRunner:
         if snap.node_id != self.settings.node_id or snap.state is State.STOPPED:
             return None
         lease = snap.lease_until if snap.state is State.LEADER else 0.0
-        return core.Resume(term=snap.term, leader=snap.leader, lease_until=lease)
+        # Only a hand-off's record says what the stopped elector promised: a record
+        # written while it ran may be older than its last promise.
+        promise = last.promise_until if last.handoff else None
+        return core.Resume(
+            term=snap.term,
+            leader=snap.leader,
+            lease_until=lease,
+            promise_until=promise,
+        )
 
     def stop(self, transfer: bool, timeout: float) -> Elector | None:
         """This process leaves the node; returns its elector if one was running.
@@ -982,8 +990,18 @@ class NodeRunner:
         elector.stop(transfer=False, timeout=HANDOFF_STOP)
         if record is not None:
             # The last snapshot it published (steps after it can only have moved the
-            # state file on, and the next process then does not resume from it).
-            record.write(NodeRecord(snap, os.getpid(), running=True, handoff=True, address=""))
+            # state file on, and the next process then does not resume from it), and
+            # the promise it kept, read now that it steps no more.
+            record.write(
+                NodeRecord(
+                    snap,
+                    os.getpid(),
+                    running=True,
+                    handoff=True,
+                    address="",
+                    promise_until=elector.promise_until,
+                )
+            )
         self.inflight.reopen()  # this process is now a member: it runs no more jobs
         _log.info(
             "flask-goelect: node %r: process %d hands the elector to another process of the"

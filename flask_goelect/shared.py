@@ -129,6 +129,10 @@ class NodeRecord:
     #: The leader is about to hand leadership to another node: no process of the
     #: node starts a leader-only call (see :class:`flask_goelect.state.InFlight`).
     gate_closed: bool = False
+    #: Written with ``handoff``, once the elector stopped stepping: the end of the
+    #: promise it kept (:attr:`flask_goelect.core.Node.promise_until`, on this
+    #: boot's clock), which the next process keeps instead of a fresh one.
+    promise_until: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         s = self.snapshot
@@ -149,6 +153,7 @@ class NodeRecord:
             "stepping_down": self.stepping_down,
             "boot": self.boot,
             "gate_closed": self.gate_closed,
+            "promise_until": self.promise_until,
         }
 
     @classmethod
@@ -173,6 +178,7 @@ class NodeRecord:
             bool(data.get("stepping_down", False)),
             str(data.get("boot", "")),
             bool(data.get("gate_closed", False)),
+            None if data.get("promise_until") is None else float(data["promise_until"]),
         )
 
     @property

@@ -310,6 +310,9 @@ class Simulation:
         #: next process of the node resumes from it.
         self.published: list[tuple[int, str | None, float] | None] = [None] * n
         self.publishing = "handoff" in cfg.faults
+        #: The promise a process handed over between two steps left in its last
+        #: record (a process that died inside a step left none).
+        self.handoff_promise: list[float | None] = [None] * n
         #: A handoff armed to happen in a node's next step: "step" (any) or
         #: "persist" (one that persists), and the gap before the next process.
         self.dies_in_step: list[tuple[str, float] | None] = [None] * n
@@ -411,10 +414,13 @@ class Simulation:
         if self.nodes[i] is None:
             self._start_node(i)
 
-    def _handoff(self, i: int, gap: float) -> None:
-        """Stop node ``i``'s process; another takes over from its state and its record."""
-        if self.nodes[i] is None:
+    def _handoff(self, i: int, gap: float, between_steps: bool = False) -> None:
+        """Stop node ``i``'s process; another takes over from its state and its record
+        (with the promise it kept, if it stopped between two steps)."""
+        node = self.nodes[i]
+        if node is None:
             return
+        self.handoff_promise[i] = node.promise_until if between_steps else None
         self._note(self.ids[i], "handoff", f"next process in {gap:.6f}s")
         self.result.handoffs += 1
         self._crash(i)
@@ -424,11 +430,12 @@ class Simulation:
         if self.nodes[i] is not None:
             return  # restarted meanwhile
         record = self.published[i]
+        promise, self.handoff_promise[i] = self.handoff_promise[i], None
         resume = None
         if record is not None:
             term, leader, lease = record
             info = None if leader is None else LeaderInfo(leader, f"sim://{leader}", {})
-            resume = Resume(term, info, lease)
+            resume = Resume(term, info, lease, promise_until=promise)
         self._start_node(i, resume)
 
     def _pause(self, i: int) -> None:
@@ -930,7 +937,7 @@ class Simulation:
         else:
             i = self.rng.randrange(len(self.ids))
         if how == "now":
-            self._handoff(i, gap)
+            self._handoff(i, gap, between_steps=True)
         elif self.nodes[i] is not None:
             self.dies_in_step[i] = (how, gap)
 

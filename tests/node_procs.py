@@ -246,6 +246,12 @@ def _main() -> None:  # pragma: no cover - runs in the child processes
             answer(reopened=True)
         elif command == "runs":
             answer(runs=runs)
+        elif command == "promise":
+            from flask_goelect import clock
+
+            elector = state.node.elector
+            promise = elector.promise_until if elector is not None else None
+            answer(promise=promise, now=clock.now())
         elif command == "health":
             reply = app.test_client().get("/_goelect/health")
             answer(status=reply.status_code, running=elect.running)

@@ -993,6 +993,40 @@ def test_follower_resumes_knowing_its_leader_and_keeps_the_start_promise() -> No
     assert stale.leader_id is None and stale.term == 8
 
 
+def test_a_handed_off_follower_keeps_the_promise_it_made_not_a_fresh_one() -> None:
+    """The previous process stopped between two steps and left the end of its
+    promise in its record: the next one keeps that promise, exactly, instead of a
+    fresh T (a node whose elector moves more often than every T would otherwise
+    never vote). A carried promise is never longer than one made now."""
+    leader = LeaderInfo("a", "http://a", {})
+    cfg = make_config("b", "abc")
+    b = Node(
+        cfg,
+        HardState(7, "a"),
+        now=100.0,
+        rng=random.Random(1),
+        resume=Resume(7, leader, promise_until=100.0 + 0.25 * T),
+    )
+    assert b.promise_until == 100.0 + 0.25 * T
+    assert f"keeps the previous process's promise ({0.25 * T:.3f}s left)" in b.start_reason
+    assert "grants no vote until" not in b.start_reason
+    refused = b.step(VoteRequest("c", 8), 100.0 + 0.2 * T)
+    assert isinstance(refused.reply, VoteReply) and not refused.reply.granted
+    granted = b.step(VoteRequest("c", 8), 100.0 + 0.3 * T)
+    assert isinstance(granted.reply, VoteReply) and granted.reply.granted
+    capped = Node(
+        cfg, HardState(7, "a"), now=100.0, rng=random.Random(1),
+        resume=Resume(7, leader, promise_until=100.0 + 5 * T),
+    )  # fmt: skip
+    assert capped.promise_until == 100.0 + T
+    # A record of another term is not this node's last step: the promise of a start.
+    stale = Node(
+        cfg, HardState(8, None), now=100.0, rng=random.Random(1),
+        resume=Resume(7, leader, promise_until=100.0),
+    )  # fmt: skip
+    assert stale.promise_until == 100.0 + T
+
+
 # -- who leads ---------------------------------------------------------------------------
 
 

@@ -169,6 +169,24 @@ def test_an_elector_process_that_leaves_hands_the_elector_to_a_member(
     assert b.ask("wait_leader 10")["is_leader"] is True
 
 
+def test_the_next_elector_process_keeps_the_promise_the_last_one_made(
+    procs: list[NodeProc], state_file: Path
+) -> None:
+    """A graceful hand-off leaves the end of the node's promise in the record: the
+    next process keeps that promise, not a fresh one of T from its start (a node
+    whose elector moves more often than every T would otherwise never vote)."""
+    a, b = elector_and_member(procs, state_file)
+    time.sleep(0.25)  # past the promise of the node's own vote (T = 100 ms)
+    made = a.ask("promise")
+    assert made["promise"] is not None and made["promise"] < made["now"]
+    a.ask("stop")
+    assert b.ask("wait_role elector 5")["role"] == "elector"
+    kept = b.ask("promise")
+    # The promise the node made, which is over: not the T a start would keep.
+    assert kept["promise"] is not None and kept["promise"] < made["now"]
+    assert b.ask("wait_leader 10")["is_leader"] is True
+
+
 # Only Python's fork here: a fork from C of a process with running threads (the
 # elector's) leaves the child's interpreter believing those threads exist, and
 # CPython may then hang at the child's first release of the GIL. No server forks

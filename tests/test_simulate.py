@@ -187,6 +187,17 @@ class VotePromisesNothing(Node):
         self._promise_until = before
 
 
+class ResumedPromiseThreePercentShort(Node):
+    """The promise carried from the previous process of the node ends 3 % of ``T``
+    early."""
+
+    def _resume(self, state: HardState, resume: Resume) -> str:
+        text = super()._resume(state, resume)
+        if resume.promise_until is not None and self._started_until <= self._now:
+            self._promise_until -= 0.03 * self._T
+        return text
+
+
 MARGIN_BUGS = [
     LeaseThreePercentLong,
     PromiseThreePercentShort,
@@ -195,6 +206,7 @@ MARGIN_BUGS = [
     PromiseFromPreviousHeartbeat,
     VoteLeaseFromReplyArrival,
     VotePromisesNothing,
+    ResumedPromiseThreePercentShort,
 ]
 
 
@@ -374,7 +386,9 @@ def test_a_timer_shorter_than_the_promise_is_caught() -> None:
     short = run_schedules(sim, 30, seed=1, node_factory=TimerBeforePromise)
     good = run_schedules(sim, 30, seed=1)
     assert not short.failed and len(short.failovers) == len(good.failovers) > 20
-    assert good.failover_pre_votes == len(good.failovers)
+    # Nearly one pre-vote round per failover: a fast clock (the drift fault) can still
+    # fire the first voter's timer a little before the others' promises end.
+    assert len(good.failovers) <= good.failover_pre_votes <= len(good.failovers) + 3
     assert short.failover_pre_votes > 1.5 * good.failover_pre_votes
 
 

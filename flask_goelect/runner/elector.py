@@ -299,6 +299,17 @@ class Elector:
         )
         return status
 
+    @property
+    def promise_until(self) -> float | None:
+        """The end of the promise of this elector's node (:attr:`core.Node.promise_until`,
+        on :func:`flask_goelect.clock.now`); None before the first start. Read after
+        :meth:`stop`, it is final: a stopped elector promises nothing more."""
+        run = self._run
+        if run is None:
+            return None
+        with run.lock:
+            return run.node.promise_until
+
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self, resume: core.Resume | None = None) -> None:
