@@ -363,7 +363,10 @@ class Resume:
     graceful hand-off); None when it is not known (a crash). Known, it replaces
     the promise of ``T`` that every start keeps: the node goes on promising
     exactly what it promised, and a node whose elector moves between processes
-    more often than every ``T`` still votes. (Its election timer starts again: such
+    more often than every ``T`` still votes. ``started_until`` (known with it) is
+    the end of the previous process's start guard (:attr:`Node.started_until`):
+    the guard goes on to then, not to ``T`` after this start, and not at all if it
+    is not known. (Its election timer starts again: such
     a node does not campaign itself; carrying the timer too cost the simulator's
     failovers extra pre-vote rounds.)
     """
@@ -372,6 +375,7 @@ class Resume:
     leader: LeaderInfo | None = None
     lease_until: float = 0.0
     promise_until: float | None = None
+    started_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,6 +511,12 @@ class Node:
         that outlasts the lease.
         """
         return self._promise_until
+
+    @property
+    def started_until(self) -> float:
+        """Before this time this node grants no vote at all, not even a transfer's:
+        ``T`` after its start (or what a :class:`Resume` carried)."""
+        return self._started_until
 
     @property
     def leader(self) -> LeaderInfo | None:
@@ -867,7 +877,10 @@ class Node:
             # promise this node made, exactly (on the same machine's clock). It
             # can never be longer than a promise made now.
             self._promise_until = min(resume.promise_until, now + self._T)
-            self._started_until = now
+            if resume.started_until is not None:
+                # The guard of the start the previous process made (a node that
+                # lost its disk must not grant even a transfer's vote for T).
+                self._started_until = min(resume.started_until, now + self._T)
             carried = (
                 f"; keeps the previous process's promise"
                 f" ({max(self._promise_until - now, 0.0):.3f}s left)"

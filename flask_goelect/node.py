@@ -821,7 +821,9 @@ class NodeRunner:
         a record of this boot of the machine is taken (its lease is a time on
         this boot's clock); the core checks the rest against the state file.
         """
-        last = record.read()
+        # Only a record read whole now: after a writer died inside a write, the
+        # last one this process saw may be far older than the node's last step.
+        last = record.read(fresh=True)
         if last is None or not last.this_boot:
             return None
         snap = last.snapshot
@@ -831,11 +833,13 @@ class NodeRunner:
         # Only a hand-off's record says what the stopped elector promised: a record
         # written while it ran may be older than its last promise.
         promise = last.promise_until if last.handoff else None
+        started = last.started_until if last.handoff else None
         return core.Resume(
             term=snap.term,
             leader=snap.leader,
             lease_until=lease,
             promise_until=promise,
+            started_until=started,
         )
 
     def stop(self, transfer: bool, timeout: float) -> Elector | None:
@@ -983,15 +987,15 @@ class NodeRunner:
         started = time.monotonic()
         record = self._record
         elector.remove_listeners()
-        snap = elector.snapshot
         # Quickly: the node's followers wait for the next process's heartbeats, and
         # nothing of this elector may outlive the stop (the gate is drained, leader
         # tasks are cancelled and their greenlets killed).
         elector.stop(transfer=False, timeout=HANDOFF_STOP)
+        snap = elector.last_snapshot
         if record is not None:
-            # The last snapshot it published (steps after it can only have moved the
-            # state file on, and the next process then does not resume from it), and
-            # the promise it kept, read now that it steps no more.
+            # The node's state as it stopped stepping (a step after a snapshot read
+            # before the stop, a transfer say, would not be in it), and the promise
+            # and start guard it kept then.
             record.write(
                 NodeRecord(
                     snap,
@@ -1000,6 +1004,7 @@ class NodeRunner:
                     handoff=True,
                     address="",
                     promise_until=elector.promise_until,
+                    started_until=elector.started_until,
                 )
             )
         self.inflight.reopen()  # this process is now a member: it runs no more jobs

@@ -133,6 +133,9 @@ class NodeRecord:
     #: promise it kept (:attr:`flask_goelect.core.Node.promise_until`, on this
     #: boot's clock), which the next process keeps instead of a fresh one.
     promise_until: float | None = None
+    #: Written with ``promise_until``: until when the stopped elector still kept
+    #: the guard of its start (no vote at all, not even a transfer's).
+    started_until: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         s = self.snapshot
@@ -154,6 +157,7 @@ class NodeRecord:
             "boot": self.boot,
             "gate_closed": self.gate_closed,
             "promise_until": self.promise_until,
+            "started_until": self.started_until,
         }
 
     @classmethod
@@ -179,6 +183,7 @@ class NodeRecord:
             str(data.get("boot", "")),
             bool(data.get("gate_closed", False)),
             None if data.get("promise_until") is None else float(data["promise_until"]),
+            None if data.get("started_until") is None else float(data["started_until"]),
         )
 
     @property
@@ -252,20 +257,24 @@ class SharedRecord:
         pid: int = _SLOT.unpack_from(self._map, _PIDS + slot * _SLOT.size)[0]
         return pid
 
-    def read(self) -> NodeRecord | None:
+    def read(self, *, fresh: bool = False) -> NodeRecord | None:
         """The last complete record, or None if none was ever written (or it cannot
         be decoded).
 
         Never returns a record being written: while the sequence number is odd,
         changes under the reader, or the checksum fails, it retries, for up to
         ``_RETRY_FOR`` seconds; then it returns the last complete record this
-        reader saw (None if it saw none).
+        reader saw (None if it saw none), or None if ``fresh`` (a writer that died
+        inside a write: what this reader saw last may be far older than what the
+        writer wrote since).
         """
         m = self._map
         cache = self._cache
         seq = _SEQ.unpack_from(m, _SEQ_OFFSET)[0]
-        if seq == cache[0] or seq == self._stuck:
+        if seq == cache[0]:
             return cache[1]
+        if seq == self._stuck:
+            return None if fresh else cache[1]
         give_up = None
         while True:
             magic, seq, length, crc = _HEADER.unpack_from(m, 0)
@@ -282,7 +291,7 @@ class SharedRecord:
                 give_up = now + _RETRY_FOR
             elif now >= give_up:
                 self._stuck = seq
-                return cache[1]
+                return None if fresh else cache[1]
             os.sched_yield()
 
     def _decode(self, payload: bytes) -> NodeRecord | None:

@@ -312,7 +312,7 @@ class Simulation:
         self.publishing = "handoff" in cfg.faults
         #: The promise a process handed over between two steps left in its last
         #: record (a process that died inside a step left none).
-        self.handoff_promise: list[float | None] = [None] * n
+        self.handoff_promise: list[tuple[float, float] | None] = [None] * n
         #: A handoff armed to happen in a node's next step: "step" (any) or
         #: "persist" (one that persists), and the gap before the next process.
         self.dies_in_step: list[tuple[str, float] | None] = [None] * n
@@ -420,7 +420,9 @@ class Simulation:
         node = self.nodes[i]
         if node is None:
             return
-        self.handoff_promise[i] = node.promise_until if between_steps else None
+        self.handoff_promise[i] = (
+            (node.promise_until, node.started_until) if between_steps else None
+        )
         self._note(self.ids[i], "handoff", f"next process in {gap:.6f}s")
         self.result.handoffs += 1
         self._crash(i)
@@ -430,12 +432,13 @@ class Simulation:
         if self.nodes[i] is not None:
             return  # restarted meanwhile
         record = self.published[i]
-        promise, self.handoff_promise[i] = self.handoff_promise[i], None
+        carried, self.handoff_promise[i] = self.handoff_promise[i], None
+        promise, started = carried if carried is not None else (None, None)
         resume = None
         if record is not None:
             term, leader, lease = record
             info = None if leader is None else LeaderInfo(leader, f"sim://{leader}", {})
-            resume = Resume(term, info, lease, promise_until=promise)
+            resume = Resume(term, info, lease, promise_until=promise, started_until=started)
         self._start_node(i, resume)
 
     def _pause(self, i: int) -> None:

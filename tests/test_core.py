@@ -1005,9 +1005,9 @@ def test_a_handed_off_follower_keeps_the_promise_it_made_not_a_fresh_one() -> No
         HardState(7, "a"),
         now=100.0,
         rng=random.Random(1),
-        resume=Resume(7, leader, promise_until=100.0 + 0.25 * T),
+        resume=Resume(7, leader, promise_until=100.0 + 0.25 * T, started_until=90.0),
     )
-    assert b.promise_until == 100.0 + 0.25 * T
+    assert b.promise_until == 100.0 + 0.25 * T and b.started_until == 90.0
     assert f"keeps the previous process's promise ({0.25 * T:.3f}s left)" in b.start_reason
     assert "grants no vote until" not in b.start_reason
     refused = b.step(VoteRequest("c", 8), 100.0 + 0.2 * T)
@@ -1025,6 +1025,73 @@ def test_a_handed_off_follower_keeps_the_promise_it_made_not_a_fresh_one() -> No
         resume=Resume(7, leader, promise_until=100.0),
     )  # fmt: skip
     assert stale.promise_until == 100.0 + T
+    # The previous process had started less than T before: its start's guard goes
+    # on (no vote at all, not even a transfer's: the node may have lost its disk).
+    young = Node(
+        cfg, HardState(7, "a"), now=100.0, rng=random.Random(1),
+        resume=Resume(7, leader, promise_until=100.0, started_until=100.0 + 0.5 * T),
+    )  # fmt: skip
+    assert young.started_until == 100.0 + 0.5 * T
+    transfer = VoteRequest("c", 8, transfer=True)
+    early = young.step(transfer, 100.0 + 0.4 * T)
+    assert isinstance(early.reply, VoteReply) and not early.reply.granted
+    later = young.step(transfer, 100.0 + 0.6 * T)
+    assert isinstance(later.reply, VoteReply) and later.reply.granted
+    # A guard not carried (an older record): the guard of this start.
+    unknown = Node(
+        cfg, HardState(7, "a"), now=100.0, rng=random.Random(1),
+        resume=Resume(7, leader, promise_until=100.0),
+    )  # fmt: skip
+    assert unknown.started_until == 100.0 + T
+
+
+@pytest.mark.parametrize("handoff", [False, True], ids=["no-handoff", "handoff"])
+def test_a_hand_off_inside_a_start_s_first_T_keeps_its_guard(handoff: bool) -> None:
+    """A follower counted in the lease loses its disk and restarts; 0.05 T later its
+    elector moves to another worker (a graceful hand-off). A stale TimeoutNow then
+    makes another node campaign by transfer: the follower must still refuse it (the
+    guard of its start), or that term gets two leaders. Found by a review: the first
+    carrying of the promise dropped the guard."""
+    net = Net()
+    net.elect("a")  # term 1
+    net.advance(0.5 * T)
+    a = net.nodes["a"]
+    # a hands leadership to c; its TimeoutNow to c is held up (a listen queue).
+    out = a.transfer_leadership(net.now, "c")
+    stale = [m for to, m in out.messages if to == "c" and isinstance(m, TimeoutNow)][0]
+    net.handle("a", out)
+    net.queue.clear()
+    net.crashed.add("c")  # c is paused (SIGSTOP, a VM pause): no timer, no delivery
+    net.advance(5 * T)
+    (leader,) = net.leaders()
+    follower = "b" if leader == "a" else "a"
+    assert net.nodes[leader].term == 2 and net.nodes["c"].term == 1
+    net.crash(follower)
+    net.stored[follower] = HardState()
+    first = net.restart(follower)
+    net.cut |= {(leader, follower)}  # the leader's heartbeats have not reached it yet
+    handoff_at = net.now + 0.05 * T
+    carried = Resume(
+        first.term,
+        first.leader,
+        promise_until=first.promise_until,
+        started_until=first.started_until,
+    )
+    if handoff:
+        net.nodes[follower] = Node(
+            net.config(follower),
+            net.stored[follower],
+            now=handoff_at,
+            rng=random.Random(3),
+            resume=carried,
+        )
+    net.now = handoff_at
+    net.crashed.discard("c")
+    net.cut |= {("c", leader), (leader, "c")}
+    net.step("c", stale)
+    net.deliver()
+    leading = [i for i in net.ids if net.nodes[i].is_leader(net.now)]
+    assert len(leading) <= 1, f"two leaders hold leases at once: {leading}"
 
 
 # -- who leads ---------------------------------------------------------------------------

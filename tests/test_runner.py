@@ -1339,3 +1339,16 @@ def test_a_loop_that_fails_before_it_runs_fails_the_start_at_once(cluster, monke
     monkeypatch.setattr(LoopWaker, "attach", attach)
     elector.start()
     assert wait_until(elector.is_leader, 10.0)
+
+
+def test_the_last_snapshot_is_the_state_at_the_moment_the_elector_stopped(cluster):
+    """What a hand-off writes for the next process: the state when the elector
+    stopped stepping (a snapshot read before the stop could miss a step, a
+    transfer that dropped the lease say)."""
+    cluster.memory()
+    leader = cluster.leader()
+    leader.stop(transfer=False, timeout=3)
+    assert leader.snapshot.state == "stopped"
+    last = leader.last_snapshot
+    assert last.state == "leader" and last.lease_until > 0
+    assert leader.promise_until is not None and leader.started_until is not None

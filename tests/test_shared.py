@@ -288,3 +288,23 @@ def test_concurrent_writer_and_reader_processes_never_see_a_torn_record(path: Pa
             writer.kill()
             writer.communicate()
     assert written > 1000 and len(terms) > 20, (written, len(terms))
+
+
+def test_a_fresh_read_does_not_fall_back_on_what_this_reader_saw_last(tmp_path: Path) -> None:
+    """A writer died inside a write: a plain read gives the last record this reader
+    saw, which may be far older than the node's last step; a fresh read (a process
+    about to resume the node from it) gives None."""
+    path = record_path(tmp_path / "n1.json")
+    writer, reader = SharedRecord(path), SharedRecord(path)
+    snap = Snapshot("n1", State.FOLLOWER, 5, "n2", "http://n2", {}, 0.0, ("n1", "n2"), ())
+    writer.write(NodeRecord(snap, 111, handoff=True, promise_until=1.0))
+    seen = reader.read()
+    assert seen is not None and seen.handoff
+    writer.write(NodeRecord(snap, 222))
+    seq = struct.unpack_from("<Q", path.read_bytes(), 8)[0]
+    with open(path, "r+b") as f:  # odd: being written, for ever (the writer died)
+        f.seek(8)
+        f.write(struct.pack("<Q", seq + 1))
+    assert reader.read(fresh=True) is None
+    assert reader.read() == seen
+    assert reader.read(fresh=True) is None

@@ -886,7 +886,9 @@ def test_a_forked_child_does_not_write_through_an_inherited_descriptor(path: Pat
         try:
             os.close(fd)
             reused = os.open(other, os.O_RDWR | os.O_CREAT, 0o600)
-            assert reused == fd
+            if reused != fd:  # (a lower number was free): give it that number
+                os.dup2(reused, fd)
+                os.close(reused)
             storage.save(HardState(3, "n1"))
             code = 0
         finally:

@@ -196,6 +196,7 @@ class Elector:
         self._pid: int | None = None
         self._run: _Run | None = None
         self._pub = Publisher(self.node_id, self._voters, self._observers)
+        self._last_running: Snapshot = self._pub.current
         _ELECTORS.add(self)
 
     def __repr__(self) -> str:
@@ -309,6 +310,22 @@ class Elector:
             return None
         with run.lock:
             return run.node.promise_until
+
+    @property
+    def started_until(self) -> float | None:
+        """The end of the guard of this elector's start (:attr:`core.Node.started_until`);
+        None before the first start."""
+        run = self._run
+        if run is None:
+            return None
+        with run.lock:
+            return run.node.started_until
+
+    @property
+    def last_snapshot(self) -> Snapshot:
+        """The last snapshot published while it ran: after :meth:`stop`, the node's
+        state at the moment it stopped stepping (the current one says stopped)."""
+        return self._last_running
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -476,6 +493,7 @@ class Elector:
             # Under the run's lock too: no step can publish a snapshot after this one.
             with run.lock if run is not None else contextlib.nullcontext():
                 self._running = False
+                self._last_running = self._pub.current
                 self._pub.publish(self._pub.stopped(self._pub.current.term))
         self._pub.wake()
         if run is not None:
