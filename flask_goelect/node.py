@@ -821,9 +821,14 @@ class NodeRunner:
         a record of this boot of the machine is taken (its lease is a time on
         this boot's clock); the core checks the rest against the state file.
         """
-        # Only a record read whole now: after a writer died inside a write, the
-        # last one this process saw may be far older than the node's last step.
+        # A writer that died inside a write leaves the record torn: this process
+        # then has only the last record it saw, which may be far older than the
+        # node's last step. Its term, leader and lease are still checked against the
+        # state file and capped; but a promise it carries is not the node's last.
         last = record.read(fresh=True)
+        torn = last is None
+        if torn:
+            last = record.read()
         if last is None or not last.this_boot:
             return None
         snap = last.snapshot
@@ -832,8 +837,9 @@ class NodeRunner:
         lease = snap.lease_until if snap.state is State.LEADER else 0.0
         # Only a hand-off's record says what the stopped elector promised: a record
         # written while it ran may be older than its last promise.
-        promise = last.promise_until if last.handoff else None
-        started = last.started_until if last.handoff else None
+        carried = last.handoff and not torn
+        promise = last.promise_until if carried else None
+        started = last.started_until if carried else None
         return core.Resume(
             term=snap.term,
             leader=snap.leader,

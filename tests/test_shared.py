@@ -308,3 +308,32 @@ def test_a_fresh_read_does_not_fall_back_on_what_this_reader_saw_last(tmp_path: 
     assert reader.read(fresh=True) is None
     assert reader.read() == seen
     assert reader.read(fresh=True) is None
+
+
+def test_a_resume_from_a_torn_record_carries_no_promise(tmp_path: Path) -> None:
+    """The process taking over after the elector died inside a record write has only
+    the last record it saw: here a hand-off record of long ago, whose promise is not
+    the node's last (the dead process acked heartbeats since without a new record).
+    It resumes the term and leader from it, never the promise or the start guard."""
+    import types
+
+    from flask_goelect import clock
+    from flask_goelect.node import NodeRunner
+
+    path = record_path(tmp_path / "n1.json")
+    old, member, new = SharedRecord(path), SharedRecord(path), SharedRecord(path)
+    snap = Snapshot("n1", State.FOLLOWER, 5, "n2", "http://n2", {}, 0.0, ("n1", "n2", "n3"), ())
+    now = clock.now()
+    old.write(NodeRecord(snap, 111, handoff=True, promise_until=now - 10, started_until=now))
+    assert member.read().handoff  # type: ignore[union-attr]
+    new.write(NodeRecord(snap, 222, address="sock"))
+    seq = struct.unpack_from("<Q", path.read_bytes(), 8)[0]
+    with open(path, "r+b") as f:  # the new elector dies inside its next write
+        f.seek(8)
+        f.write(struct.pack("<Q", seq + 1))
+    runner = types.SimpleNamespace(settings=types.SimpleNamespace(node_id="n1"))
+    resume = NodeRunner._resume(runner, member)  # type: ignore[arg-type]
+    assert resume is not None and resume.term == 5 and resume.leader is not None
+    assert resume.promise_until is None and resume.started_until is None
+    whole = NodeRunner._resume(runner, SharedRecord(path))  # never saw one: nothing
+    assert whole is None
