@@ -150,8 +150,15 @@ def run_scale(config: ScaleConfig) -> dict[str, Any]:
         starts = [e.mono for e in cluster.events if e.kind == "started"]
         lag = (max(starts) - start_mono) * 1000
         first.note = agreed.note = f"the last elector started {lag:.0f} ms after the set time"
-        leases = [e for e in cluster.events if e.kind == "lease"]
-        when = _agreed_at(list(cluster.events), set(cluster.nodes), "lease")
+        # /status shows the leader a moment before every node's event lines are
+        # printed (by their callbacks) and read here: wait for them, bounded.
+        deadline = time.monotonic() + config.bound
+        while True:
+            leases = [e for e in cluster.events if e.kind == "lease"]
+            when = _agreed_at(list(cluster.events), set(cluster.nodes), "lease")
+            if (leases and when is not None) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
         if not leases or when is None:
             first.failures += 1
             first.note = "no lease or no agreement in the events"
