@@ -366,9 +366,8 @@ class Resume:
     more often than every ``T`` still votes. ``started_until`` (known with it) is
     the end of the previous process's start guard (:attr:`Node.started_until`):
     the guard goes on to then, not to ``T`` after this start, and not at all if it
-    is not known. (Its election timer starts again: such
-    a node does not campaign itself; carrying the timer too cost the simulator's
-    failovers extra pre-vote rounds.)
+    is not known. (Its election timer starts again: a node whose elector moves
+    that often votes, but does not campaign itself.)
     """
 
     term: int
