@@ -29,7 +29,10 @@ SECRET = "tls-secret-0123456789abcdef"
 
 class TlsLiveServer(LiveServer):
     """:class:`LiveServer` on https: ``gevent.pywsgi`` with an ``ssl_context`` (see
-    :func:`server_context`)."""
+    :func:`server_context`). The handshakes these tests make fail on purpose (no client
+    certificate, a stranger's) are not printed."""
+
+    expected_errors = (ssl.SSLError,)
 
     def __init__(self, app: Flask, port: int, **ssl_args: Any) -> None:
         super().__init__(app, port)
