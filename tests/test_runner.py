@@ -1304,7 +1304,7 @@ def test_a_stop_that_cancels_while_the_loop_starts_tasks_misses_none() -> None:
         snap,
         clock.now(),
         rt,  # type: ignore[arg-type]
-        running=True,
+        running=lambda: True,
         source=lambda: snap,
         clock=clock.now,
         record=lambda kind, what: None,
@@ -1352,3 +1352,78 @@ def test_the_last_snapshot_is_the_state_at_the_moment_the_elector_stopped(cluste
     last = leader.last_snapshot
     assert last.state == "leader" and last.lease_until > 0
     assert leader.promise_until is not None and leader.started_until is not None
+
+
+def test_a_failed_start_tells_nothing_and_leaves_no_dispatcher(monkeypatch):
+    """The start's resumed leader was queued, then the loop failed to start: the
+    receivers must not be told of it, no dispatcher thread may be left, a stop
+    after it is quick, and a restart leaves one dispatcher (found by a review)."""
+    from flask_goelect.runner.runtime import LoopWaker
+
+    told: list[core.Transition] = []
+    peers = tuple(core.Peer(i, f"mem://{i}") for i in IDS)
+    storage = MemoryStorage(core.HardState(3))
+    elector = Elector(
+        config("n1", peers, 0.2),
+        storage,
+        MemoryTransport(),
+        on_transition=lambda t, s: told.append(t),
+    )
+
+    def dispatchers() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "goelect-n1-callbacks")
+
+    def broken(self: LoopWaker) -> Any:
+        raise OSError(24, "Too many open files")
+
+    before = dispatchers()
+    monkeypatch.setattr(LoopWaker, "attach", broken)
+    resume = core.Resume(3, core.LeaderInfo("n2", "mem://n2", {}), lease_until=clock.now() + 5)
+    with pytest.raises(RuntimeError, match="did not start"):
+        elector.start(resume=resume)
+    time.sleep(0.3)
+    assert told == [] and dispatchers() == before
+    monkeypatch.undo()
+    elector.start()
+    assert dispatchers() == before + 1
+    started = time.monotonic()
+    elector.stop(transfer=False, timeout=2.0)
+    assert time.monotonic() - started < 1.0
+    assert wait_until(lambda: dispatchers() == before, 5.0)
+
+
+def test_no_leader_task_starts_once_a_stop_said_the_elector_is_not_running() -> None:
+    """The loop read "leader, running", then a stop halted the elector and cancelled
+    (nothing to cancel yet): the loop's reconcile must not start the tasks then. The
+    running flag is asked under the lock the cancel takes."""
+    from flask_goelect.runner.tasks import LeaderTasks
+
+    tasks = LeaderTasks("n1", logging.getLogger("test"))
+    started: list[LeaderContext] = []
+    running = [True]
+
+    class Rt:
+        def event(self) -> threading.Event:
+            return threading.Event()
+
+        def spawn(self, name: str, func: Any, *args: Any) -> object:
+            started.append(args[1])
+            return object()
+
+        def abandon(self, worker: object) -> None:
+            pass
+
+    tasks.add(lambda ctx: None)
+    snap = Snapshot("n1", State.LEADER, term=3, leader_id="n1", lease_until=clock.now() + 60)
+    running[0] = False  # the stop: not running any more, then its cancel (nothing yet)
+    tasks.cancel(Rt())  # type: ignore[arg-type]
+    tasks.reconcile(
+        snap,
+        clock.now(),
+        Rt(),  # type: ignore[arg-type]
+        running=lambda: running[0],
+        source=lambda: snap,
+        clock=clock.now,
+        record=lambda kind, what: None,
+    )
+    assert started == [] and not tasks.running

@@ -383,7 +383,8 @@ class Elector:
             self._running = True
             try:
                 if run.callbacks is not None:
-                    run.callbacks.start()
+                    # Queued now, told once the dispatcher starts (after the loop):
+                    # a start that fails tells nothing and leaves no dispatcher.
                     if node.leader_id is not None:
                         # Resumed: to this process's callbacks, that is a change.
                         voter = self.node_id in self.config.voters
@@ -410,6 +411,8 @@ class Elector:
                 )
                 # After the loop: patched, the senders are greenlets of its hub.
                 run.senders.start()
+                if run.callbacks is not None:
+                    run.callbacks.start()
             except BaseException:
                 self._running = False
                 self._gen += 1
@@ -808,7 +811,7 @@ class Elector:
                     self._pub.current,
                     self._clock(),
                     run.rt,
-                    running=self._running,
+                    running=lambda: self._running,
                     source=lambda: self._pub.current,
                     clock=self._clock,
                     record=self._record,

@@ -555,7 +555,9 @@ class Runtime:
         # a process that is still becoming its elector says term 0).
         ready: Event | _Started = threading.Event() if not self.patched else _Started()
         box: list[Any] = []
-        failed: list[BaseException] = []
+        # A failure before the loop runs, for start_loop to raise; once start_loop
+        # has given up waiting (its first item, False), reported as a crash.
+        failed: list[Any] = [True]
         args = (name, run, waker, ready, box, on_exit, failed)
         if self.patched:
             _start_new_thread(self._loop_thread_main, args)
@@ -566,11 +568,12 @@ class Runtime:
             thread.start()
             box.append(thread)
         if not ready.wait(10.0):  # pragma: no cover - a hub that cannot start
+            with self._io_guard:
+                failed[0] = False
             raise RuntimeError(f"the election loop {name!r} did not start")
-        if failed:
-            # It failed before it ran: the caller's start fails with it (the
-            # elector is not running, so there is nothing to stop).
-            raise RuntimeError(f"the election loop {name!r} did not start") from failed[0]
+        if len(failed) > 1:
+            # It failed before it ran: the caller's start fails with it.
+            raise RuntimeError(f"the election loop {name!r} did not start") from failed[1]
         return box[-1]
 
     def _loop_thread_main(
@@ -581,7 +584,7 @@ class Runtime:
         ready: Event | _Started,
         box: list[Any],
         on_exit: Callable[[], None] | None,
-        failed: list[BaseException],
+        failed: list[Any],
     ) -> None:
         hub = None
         try:
@@ -608,11 +611,14 @@ class Runtime:
                 greenlet.link_exception(lambda g: self._on_crash(name, g.exception))
                 greenlet.join()
         except BaseException as exc:  # reported, never silent
-            if ready.is_set():
-                self._on_crash(f"{name} thread", exc)
-            else:  # before the loop ran: start_loop raises it to the elector's start
-                failed.append(exc)
+            with self._io_guard:
+                handed = not ready.is_set() and failed[0]
+                if handed:  # before the loop ran: start_loop raises it to the start
+                    failed.append(exc)
+            if handed:
                 ready.set()
+            else:
+                self._on_crash(f"{name} thread", exc)
         finally:
             waker.detach()
             try:

@@ -109,14 +109,15 @@ class LeaderTasks:
         now: float,
         runtime: Runtime,
         *,
-        running: bool,
+        running: Callable[[], bool],
         source: Callable[[], Snapshot],
         clock: Callable[[], float],
         record: Callable[[str, BaseException | str], None],
     ) -> None:
         """Start the tasks on a new leadership, cancel them when it is over: when
         the node steps down, and as soon as its lease lapses (a task must not
-        overlap the next leader)."""
+        overlap the next leader). ``running()`` says whether the elector still
+        runs; it is asked under the lock :meth:`cancel` takes."""
         with self._lock:
             started = self._reconcile(snap, now, runtime, running, source, clock, record)
         for func in started:  # (outside the lock: a log handler may do I/O)
@@ -129,14 +130,16 @@ class LeaderTasks:
         snap: Snapshot,
         now: float,
         runtime: Runtime,
-        running: bool,
+        running: Callable[[], bool],
         source: Callable[[], Snapshot],
         clock: Callable[[], float],
         record: Callable[[str, BaseException | str], None],
     ) -> list[TaskFunc]:
         if self._term is not None and (snap.term != self._term or not snap.is_leader(now)):
             self._cancel(runtime)
-        if not (running and snap.is_leader(now)):
+        # Asked under the lock: a stop that said "not running" before cancels
+        # after, so no task can start between the two.
+        if not (snap.is_leader(now) and running()):
             return []
         started = []
         if self._term != snap.term:
