@@ -305,21 +305,20 @@ class Elector:
         """The end of the promise of this elector's node (:attr:`core.Node.promise_until`,
         on :func:`flask_goelect.clock.now`); None before the first start. Read after
         :meth:`stop`, it is final: a stopped elector promises nothing more."""
-        run = self._run
-        if run is None:
-            return None
-        with run.lock:
-            return run.node.promise_until
+        return self._read_node(lambda node: node.promise_until)
 
     @property
     def started_until(self) -> float | None:
         """The end of the guard of this elector's start (:attr:`core.Node.started_until`);
         None before the first start."""
+        return self._read_node(lambda node: node.started_until)
+
+    def _read_node(self, read: Callable[[core.Node], float]) -> float | None:
         run = self._run
         if run is None:
             return None
         with run.lock:
-            return run.node.started_until
+            return read(run.node)
 
     @property
     def last_snapshot(self) -> Snapshot:

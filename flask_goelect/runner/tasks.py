@@ -118,42 +118,28 @@ class LeaderTasks:
         the node steps down, and as soon as its lease lapses (a task must not
         overlap the next leader). ``running()`` says whether the elector still
         runs; it is asked under the lock :meth:`cancel` takes."""
+        started: list[TaskFunc] = []
         with self._lock:
-            started = self._reconcile(snap, now, runtime, running, source, clock, record)
+            if self._term is not None and (snap.term != self._term or not snap.is_leader(now)):
+                self._cancel(runtime)
+            # Asked under the lock: a stop that said "not running" before cancels
+            # after, so no task can start between the two.
+            if snap.is_leader(now) and running():
+                if self._term != snap.term:
+                    self._term = snap.term
+                    self._workers = {}
+                for index, func in enumerate(list(self.funcs)):
+                    if index in self._workers:
+                        continue
+                    ctx = LeaderContext(snap.term, runtime.event(), source, clock)
+                    name = f"goelect-{self.node_id}-leader-task-{index}"
+                    worker = runtime.spawn(name, self._run, func, ctx, record)
+                    self._workers[index] = (ctx, worker)
+                    started.append(func)
         for func in started:  # (outside the lock: a log handler may do I/O)
             self.log.info(
                 "goelect %s: started leader task %r for term %d", self.node_id, func, snap.term
             )
-
-    def _reconcile(
-        self,
-        snap: Snapshot,
-        now: float,
-        runtime: Runtime,
-        running: Callable[[], bool],
-        source: Callable[[], Snapshot],
-        clock: Callable[[], float],
-        record: Callable[[str, BaseException | str], None],
-    ) -> list[TaskFunc]:
-        if self._term is not None and (snap.term != self._term or not snap.is_leader(now)):
-            self._cancel(runtime)
-        # Asked under the lock: a stop that said "not running" before cancels
-        # after, so no task can start between the two.
-        if not (snap.is_leader(now) and running()):
-            return []
-        started = []
-        if self._term != snap.term:
-            self._term = snap.term
-            self._workers = {}
-        for index, func in enumerate(list(self.funcs)):
-            if index in self._workers:
-                continue
-            ctx = LeaderContext(snap.term, runtime.event(), source, clock)
-            name = f"goelect-{self.node_id}-leader-task-{index}"
-            worker = runtime.spawn(name, self._run, func, ctx, record)
-            self._workers[index] = (ctx, worker)
-            started.append(func)
-        return started
 
     def cancel(self, runtime: Runtime | None) -> None:
         """Cancel every task of the current leadership (from any thread)."""
