@@ -167,21 +167,26 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _fsync_opened(path: Path, flags: int) -> None:
+    """Open ``path`` read-only with ``flags`` and fsync it; a file system that cannot
+    sync what is opened so (a folder, a file opened for reading, a read-only mount)
+    is tolerated, an I/O error is raised."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | flags)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EROFS):
+            raise
+    finally:
+        os.close(fd)
+
+
 def _fsync_directory(path: Path) -> None:
     # The rename is only durable once the directory entry is (POSIX). Platforms
     # that cannot open a directory (Windows) have no O_DIRECTORY: skip there.
     o_directory = getattr(os, "O_DIRECTORY", None)
-    if o_directory is None:
-        return
-    fd = os.open(path, os.O_RDONLY | o_directory)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        # Some file systems do not support fsync on a directory.
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
+    if o_directory is not None:
+        _fsync_opened(path, o_directory)
 
 
 class FileStorage:
@@ -283,6 +288,7 @@ class FileStorage:
             return self._parse(raw, LEGACY_VERSION, _FIELDS)[0], 0
         copies: list[tuple[HardState, int]] = []
         problems: list[str] = []
+        damaged = False  # a copy that is neither valid nor blank
         for number, start in enumerate((0, BLOCK_SIZE), 1):
             block = raw[start : start + BLOCK_SIZE]
             if not block.strip():
@@ -292,12 +298,13 @@ class FileStorage:
                 copies.append(self._parse(block, FORMAT_VERSION, _FIELDS_V2))
             except StorageError as exc:
                 problems.append(f"copy {number}: {exc.args[0]}")
+                damaged = True
         if not copies:
             raise self._error(f"holds no valid copy of the state ({'; '.join(problems)})")
         if len(copies) == 2 and copies[0][1] == copies[1][1]:
             raise self._error(f"holds two copies numbered {copies[0][1]}: it is corrupt")
         state, seq = max(copies, key=lambda copy: copy[1])
-        if len(copies) == 1 and not problems[0].endswith("is blank"):
+        if damaged:
             # The block a save was writing when it was cut short (it never
             # returned): the other copy is the state before it.
             log.warning(
@@ -309,18 +316,9 @@ class FileStorage:
 
     def _flush_file(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            _fsync_opened(self.path, 0)
         except OSError as exc:
-            raise self._error(f"cannot be opened ({exc.strerror or exc})") from exc
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            # A file system that cannot sync a file opened for reading (or at all):
-            # nothing more can be done here; an I/O error is the disk's.
-            if exc.errno not in (errno.EINVAL, errno.EBADF, errno.EROFS, errno.ENOTSUP):
-                raise self._error(f"cannot be flushed to the disk ({exc.strerror or exc})") from exc
-        finally:
-            os.close(fd)
+            raise self._error(f"cannot be flushed to the disk ({exc.strerror or exc})") from exc
 
     def _parse(self, raw: bytes, version: int, names: frozenset[str]) -> tuple[HardState, int]:
         """One copy of the state (the whole file in the older format)."""
@@ -417,30 +415,28 @@ class FileStorage:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            self._close_fd()
-            log.warning("state file '%s' was deleted while in use: it is written anew", self.path)
-            return False
+            return self._gone("deleted")
+        identity = (st.st_dev, st.st_ino)
         if st.st_size != 2 * BLOCK_SIZE:
-            self._close_fd()
-            log.warning("state file '%s' was replaced while in use: it is written anew", self.path)
-            return False
+            return self._gone("replaced")
         if self._fd is not None and self._fd_pid == os.getpid():
-            if (st.st_dev, st.st_ino) == self._fd_identity:
-                return True
-            self._close_fd()
-            log.warning("state file '%s' was replaced while in use: it is written anew", self.path)
-            return False
-        # Opened here: after the file's creation, in a forked child (whose
-        # inherited descriptor may since name another file), or after a replace.
+            return identity == self._fd_identity or self._gone("replaced")
+        # Opened here: after the file's creation, or in a forked child (whose
+        # inherited descriptor may since name another file: it is left alone).
         self._fd = None
         fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
         opened = os.fstat(fd)
-        if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):  # replaced meanwhile
+        if (opened.st_dev, opened.st_ino) != identity:  # replaced meanwhile
             os.close(fd)
-            return False
-        self._fd, self._fd_pid = fd, os.getpid()
-        self._fd_identity = (opened.st_dev, opened.st_ino)
+            return self._gone("replaced")
+        self._fd, self._fd_pid, self._fd_identity = fd, os.getpid(), identity
         return True
+
+    def _gone(self, how: str) -> bool:
+        """The file the last save wrote was ``how`` (deleted, replaced): False."""
+        self._close_fd()
+        log.warning("state file '%s' was %s while in use: it is written anew", self.path, how)
+        return False
 
     def _write_block(self, state: HardState, seq: int) -> None:
         # The older copy's block (seq alternates between the two): the newer one,

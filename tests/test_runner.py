@@ -1388,7 +1388,7 @@ def test_a_failed_start_tells_nothing_and_leaves_no_dispatcher(monkeypatch):
     assert dispatchers() == before + 1
     started = time.monotonic()
     elector.stop(transfer=False, timeout=2.0)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 1.5  # not its whole timeout (2 s), as before
     assert wait_until(lambda: dispatchers() == before, 5.0)
 
 

@@ -217,6 +217,18 @@ class _Started:
         return bool(self._lock.acquire(True, timeout))
 
 
+class _LoopStart:
+    """Between :meth:`Runtime.start_loop` and the loop's thread: whether the start
+    still waits (under the runtime's guard), and a failure before the loop ran,
+    which the start raises (once it gave up waiting, the thread reports it)."""
+
+    __slots__ = ("error", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting = True
+        self.error: BaseException | None = None
+
+
 class HubEvent:
     """An event set from any thread, waited for by greenlets of any hub (each
     yields to its own hub meanwhile) or by native threads. Like
@@ -555,10 +567,8 @@ class Runtime:
         # a process that is still becoming its elector says term 0).
         ready: Event | _Started = threading.Event() if not self.patched else _Started()
         box: list[Any] = []
-        # A failure before the loop runs, for start_loop to raise; once start_loop
-        # has given up waiting (its first item, False), reported as a crash.
-        failed: list[Any] = [True]
-        args = (name, run, waker, ready, box, on_exit, failed)
+        start = _LoopStart()
+        args = (name, run, waker, ready, box, on_exit, start)
         if self.patched:
             _start_new_thread(self._loop_thread_main, args)
         else:
@@ -569,11 +579,11 @@ class Runtime:
             box.append(thread)
         if not ready.wait(10.0):  # pragma: no cover - a hub that cannot start
             with self._io_guard:
-                failed[0] = False
+                start.waiting = False
             raise RuntimeError(f"the election loop {name!r} did not start")
-        if len(failed) > 1:
+        if start.error is not None:
             # It failed before it ran: the caller's start fails with it.
-            raise RuntimeError(f"the election loop {name!r} did not start") from failed[1]
+            raise RuntimeError(f"the election loop {name!r} did not start") from start.error
         return box[-1]
 
     def _loop_thread_main(
@@ -584,7 +594,7 @@ class Runtime:
         ready: Event | _Started,
         box: list[Any],
         on_exit: Callable[[], None] | None,
-        failed: list[Any],
+        start: _LoopStart,
     ) -> None:
         hub = None
         try:
@@ -612,9 +622,9 @@ class Runtime:
                 greenlet.join()
         except BaseException as exc:  # reported, never silent
             with self._io_guard:
-                handed = not ready.is_set() and failed[0]
+                handed = not ready.is_set() and start.waiting
                 if handed:  # before the loop ran: start_loop raises it to the start
-                    failed.append(exc)
+                    start.error = exc
             if handed:
                 ready.set()
             else:
